@@ -1,0 +1,2 @@
+SET LOCAL ROLE tracefence_owner;
+DROP SCHEMA conformance CASCADE;

@@ -1,0 +1,103 @@
+-- Opening a request: verify a credential, then fix the principal and its grants for the rest
+-- of the transaction. Grants committed later do not reach a request already open; nothing is
+-- cached across requests.
+
+-- A user's grants valid at `at`: one entry per binding with the role's permissions.
+CREATE OR REPLACE FUNCTION iam.binding_grants(principal uuid, at timestamptz)
+RETURNS jsonb
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+        'resource', b.resource_id,
+        'role', b.role,
+        'permissions', (
+            SELECT jsonb_agg(rp.permission ORDER BY rp.permission)
+            FROM iam.role_permissions AS rp
+            WHERE rp.role = b.role
+        )
+    ) ORDER BY b.resource_id), '[]')
+    FROM iam.role_bindings AS b
+    WHERE
+        b.principal_id = principal
+        AND (b.valid_from IS NULL OR b.valid_from <= at)
+        AND (b.valid_until IS NULL OR b.valid_until > at)
+$$;
+
+-- An API key's grant: its scopes at its resource, if it is neither revoked nor expired.
+CREATE OR REPLACE FUNCTION iam.api_key_grants(key_id uuid, at timestamptz)
+RETURNS jsonb
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+        'resource', k.resource_id,
+        'api_key', k.id,
+        'permissions', (
+            SELECT coalesce(jsonb_agg(s.permission ORDER BY s.permission), '[]')
+            FROM iam.api_key_scopes AS s
+            WHERE s.key_id = k.id
+        )
+    )), '[]')
+    FROM iam.api_keys AS k
+    WHERE
+        k.id = key_id
+        AND k.revoked_at IS NULL
+        AND (k.expires_at IS NULL OR k.expires_at > at)
+$$;
+
+CREATE OR REPLACE FUNCTION iam.begin_request(credential text)
+RETURNS uuid
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    at timestamptz := statement_timestamp();
+    principal uuid;
+    principal_kind text;
+    grants jsonb;
+BEGIN
+    IF coalesce(current_setting('tracefence.request', true), '') <> '' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '25001',
+            MESSAGE = 'a request is already open in this transaction',
+            HINT = 'one transaction serves one request; commit or roll back first';
+    END IF;
+    IF credential LIKE 'tfk\_%' THEN
+        SELECT k.id INTO principal
+        FROM iam.api_keys AS k
+        WHERE
+            k.secret_hash = sha256(convert_to(credential, 'UTF8'))
+            AND k.revoked_at IS NULL
+            AND (k.expires_at IS NULL OR k.expires_at > at);
+        principal_kind := 'api_key';
+        grants := iam.api_key_grants(principal, at);
+    ELSIF credential LIKE 'tfu\_%' THEN
+        principal := iam.verify_user_token(credential);
+        principal_kind := 'user';
+        grants := iam.binding_grants(principal, at);
+    END IF;
+    IF principal IS NULL THEN
+        -- One message for every bad credential: say nothing about which check failed.
+        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'invalid credential';
+    END IF;
+    PERFORM iam.store_request_context(jsonb_build_object(
+        'version', 1,
+        'principal', principal,
+        'kind', principal_kind,
+        'began_at', at,
+        'grants', grants
+    ));
+    RETURN principal;
+END
+$$;
+COMMENT ON FUNCTION iam.begin_request(text) IS
+'Verify an API-key secret or a signed user token and fix the request principal for this transaction.';
+
+REVOKE ALL ON FUNCTION iam.binding_grants(uuid, timestamptz) FROM public;
+REVOKE ALL ON FUNCTION iam.api_key_grants(uuid, timestamptz) FROM public;
+REVOKE ALL ON FUNCTION iam.begin_request(text) FROM public;
+GRANT EXECUTE ON FUNCTION iam.begin_request(text) TO tracefence_app;

@@ -1,0 +1,71 @@
+-- eff(P, X): the union of the permissions of P's bindings valid at `at` on X and on every
+-- ancestor of X; for an API key, its scopes when X is its resource or below it and the key
+-- is neither revoked nor expired.
+CREATE OR REPLACE FUNCTION iam.effective_permission_set(
+    principal uuid, resource uuid, at timestamptz
+)
+RETURNS text []
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(array_agg(DISTINCT held.permission ORDER BY held.permission), '{}')
+    FROM (
+        SELECT rp.permission
+        FROM tenancy.resources AS r
+        INNER JOIN iam.role_bindings AS b
+            ON b.resource_id IN (r.id, r.workspace_id, r.organisation_id)
+        INNER JOIN iam.role_permissions AS rp ON b.role = rp.role
+        WHERE
+            r.id = resource
+            AND b.principal_id = principal
+            AND (b.valid_from IS NULL OR b.valid_from <= at)
+            AND (b.valid_until IS NULL OR b.valid_until > at)
+        UNION ALL
+        SELECT s.permission
+        FROM tenancy.resources AS r
+        INNER JOIN iam.api_keys AS k ON k.resource_id IN (r.id, r.workspace_id, r.organisation_id)
+        INNER JOIN iam.api_key_scopes AS s ON k.id = s.key_id
+        WHERE
+            r.id = resource
+            AND k.id = principal
+            AND k.revoked_at IS NULL
+            AND (k.expires_at IS NULL OR k.expires_at > at)
+    ) AS held
+$$;
+COMMENT ON FUNCTION iam.effective_permission_set(uuid, uuid, timestamptz) IS
+'eff(P, X) at a moment: role cascade and union for users, scopes below the bound resource for keys.';
+
+-- The API: a principal's effective permissions at a resource now. Anyone may ask about
+-- themselves; asking about another user needs members:read there, about a key api-keys:read.
+CREATE OR REPLACE FUNCTION iam.effective_permissions(principal uuid, resource uuid)
+RETURNS text []
+LANGUAGE plpgsql
+STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    caller uuid := iam.require_request();
+    principal_kind text;
+BEGIN
+    IF principal IS DISTINCT FROM caller THEN
+        SELECT p.kind INTO principal_kind FROM iam.principals AS p WHERE p.id = principal;
+        PERFORM iam.require_permission(
+            resource,
+            CASE WHEN principal_kind = 'api_key' THEN 'api-keys:read' ELSE 'members:read' END
+        );
+        IF principal_kind IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown principal: %s', principal);
+        END IF;
+    ELSIF NOT EXISTS (SELECT FROM tenancy.resources AS r WHERE r.id = resource) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown resource: %s', resource);
+    END IF;
+    RETURN iam.effective_permission_set(principal, resource, statement_timestamp());
+END
+$$;
+COMMENT ON FUNCTION iam.effective_permissions(uuid, uuid) IS
+'A principal''s effective permissions at a resource now (own, or with members:read / api-keys:read).';
+
+REVOKE ALL ON FUNCTION iam.effective_permission_set(uuid, uuid, timestamptz) FROM public;
+REVOKE ALL ON FUNCTION iam.effective_permissions(uuid, uuid) FROM public;
+GRANT EXECUTE ON FUNCTION iam.effective_permissions(uuid, uuid) TO tracefence_app;

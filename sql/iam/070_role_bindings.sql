@@ -1,0 +1,181 @@
+-- Granting and removing roles. Rules (SPEC §2): members:write at the resource; the caller must
+-- hold every permission of the role it grants and of the role it replaces or removes (no
+-- escalation, no demoting someone stronger); org_owner only by an org_owner; an organisation
+-- always keeps an org_owner whose binding does not expire.
+
+-- Raise 42501 unless the open request holds every permission of `role` at `resource`.
+CREATE OR REPLACE FUNCTION iam.require_role_permissions(resource uuid, role text, action text)
+RETURNS void
+LANGUAGE plpgsql
+STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    missing text;
+BEGIN
+    SELECT min(rp.permission) INTO missing
+    FROM iam.role_permissions AS rp
+    WHERE rp.role = require_role_permissions.role
+        AND NOT rp.permission = ANY(iam.request_permissions(resource));
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '42501',
+            MESSAGE = format(
+                '%s role %s needs permission %s at resource %s, which the caller does not hold',
+                action, role, missing, resource
+            ),
+            DETAIL = format('missing permission: %s', missing);
+    END IF;
+END
+$$;
+
+-- Raise 23514 if `principal` holds the organisation's last non-expiring org_owner binding.
+-- Locks the organisation so two concurrent removals cannot both pass.
+CREATE OR REPLACE FUNCTION iam.require_other_owner(organisation uuid, principal uuid)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM FROM tenancy.organisations AS o WHERE o.id = organisation FOR UPDATE;
+    IF NOT EXISTS (
+        SELECT FROM iam.role_bindings AS b
+        WHERE
+            b.resource_id = organisation
+            AND b.role = 'org_owner'
+            AND b.principal_id <> principal
+            AND b.valid_until IS NULL
+            AND (b.valid_from IS NULL OR b.valid_from <= statement_timestamp())
+    ) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '23514',
+            MESSAGE = format('cannot remove the last org_owner of organisation %s', organisation),
+            HINT = 'grant org_owner to someone else first';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION iam.grant_role(
+    principal uuid,
+    role text,
+    resource uuid,
+    valid_until timestamptz DEFAULT NULL,
+    valid_from timestamptz DEFAULT NULL
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    actor uuid := iam.require_request();
+    role_tier text;
+    target iam.role_bindings;
+    resource_row tenancy.resources;
+    existing iam.role_bindings;
+BEGIN
+    SELECT r.tier INTO role_tier FROM iam.roles AS r WHERE r.name = grant_role.role;
+    IF role_tier IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown role: %L', role);
+    END IF;
+    PERFORM iam.require_permission(resource, 'members:write');
+    SELECT r.* INTO STRICT resource_row FROM tenancy.resources AS r WHERE r.id = resource;
+    IF resource_row.tier <> role_tier THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '22023',
+            MESSAGE = format(
+                'role %s is bound at the %s tier, but resource %s is a %s',
+                role, role_tier, resource, resource_row.tier
+            );
+    END IF;
+    IF NOT EXISTS (SELECT FROM iam.users AS u WHERE u.id = principal) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '22023',
+            MESSAGE = format('unknown user: %s (roles are bound to users; API keys carry scopes)', principal);
+    END IF;
+    IF valid_until IS NOT NULL AND valid_until <= statement_timestamp() THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'valid_until must be in the future';
+    END IF;
+    IF valid_from IS NOT NULL AND valid_until IS NOT NULL AND valid_from >= valid_until THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'valid_from must be before valid_until';
+    END IF;
+    IF role = 'org_owner' AND NOT EXISTS (
+        SELECT FROM jsonb_array_elements(iam.request_context() -> 'grants') AS g
+        WHERE g ->> 'role' = 'org_owner' AND (g ->> 'resource')::uuid = resource
+    ) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '42501',
+            MESSAGE = 'only an org_owner can grant org_owner',
+            DETAIL = 'missing permission: org:manage';
+    END IF;
+    PERFORM iam.require_role_permissions(resource, role, 'granting');
+
+    SELECT b.* INTO existing
+    FROM iam.role_bindings AS b
+    WHERE b.principal_id = principal AND b.resource_id = resource
+    FOR UPDATE;
+    IF FOUND THEN
+        IF existing.role = role
+            AND existing.valid_until IS NOT DISTINCT FROM grant_role.valid_until
+            AND existing.valid_from IS NOT DISTINCT FROM grant_role.valid_from
+        THEN
+            RETURN;  -- already bound exactly so: nothing changes
+        END IF;
+        PERFORM iam.require_role_permissions(resource, existing.role, 'replacing');
+        IF existing.role = 'org_owner' AND existing.valid_until IS NULL
+            AND (role <> 'org_owner' OR grant_role.valid_until IS NOT NULL)
+        THEN
+            PERFORM iam.require_other_owner(resource, principal);
+        END IF;
+    END IF;
+
+    target := ROW(
+        principal, resource, role_tier, role, valid_from, valid_until, actor, statement_timestamp()
+    );
+    INSERT INTO iam.role_bindings SELECT target.*
+    ON CONFLICT (principal_id, resource_id) DO UPDATE
+        SET
+            tier = excluded.tier,
+            role = excluded.role,
+            valid_from = excluded.valid_from,
+            valid_until = excluded.valid_until,
+            granted_by = excluded.granted_by,
+            granted_at = excluded.granted_at;
+END
+$$;
+COMMENT ON FUNCTION iam.grant_role(uuid, text, uuid, timestamptz, timestamptz) IS
+'Bind a role to a user at a resource of its tier, replacing any role bound there.';
+
+CREATE OR REPLACE FUNCTION iam.revoke_role(principal uuid, resource uuid)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    existing iam.role_bindings;
+BEGIN
+    PERFORM iam.require_permission(resource, 'members:write');
+    SELECT b.* INTO existing
+    FROM iam.role_bindings AS b
+    WHERE b.principal_id = principal AND b.resource_id = resource
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;  -- nothing bound there: nothing changes
+    END IF;
+    PERFORM iam.require_role_permissions(resource, existing.role, 'removing');
+    IF existing.role = 'org_owner' AND existing.valid_until IS NULL THEN
+        PERFORM iam.require_other_owner(resource, principal);
+    END IF;
+    DELETE FROM iam.role_bindings AS b WHERE b.principal_id = principal AND b.resource_id = resource;
+END
+$$;
+COMMENT ON FUNCTION iam.revoke_role(uuid, uuid) IS 'Remove the role a user holds at a resource.';
+
+REVOKE ALL ON FUNCTION iam.require_role_permissions(uuid, text, text) FROM public;
+REVOKE ALL ON FUNCTION iam.require_other_owner(uuid, uuid) FROM public;
+REVOKE ALL ON FUNCTION iam.grant_role(uuid, text, uuid, timestamptz, timestamptz) FROM public;
+REVOKE ALL ON FUNCTION iam.revoke_role(uuid, uuid) FROM public;
+GRANT EXECUTE ON FUNCTION iam.grant_role(uuid, text, uuid, timestamptz, timestamptz) TO tracefence_app;
+GRANT EXECUTE ON FUNCTION iam.revoke_role(uuid, uuid) TO tracefence_app;

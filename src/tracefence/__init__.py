@@ -1,0 +1,23 @@
+"""tracefence: the database decides who may read which telemetry."""
+
+from tracefence.errors import (
+    ConstraintViolation,
+    CredentialError,
+    InvalidInput,
+    PermissionDenied,
+    RequestStateError,
+    TracefenceError,
+)
+from tracefence.fence import Fence
+from tracefence.tokens import user_token
+
+__all__ = [
+    "ConstraintViolation",
+    "CredentialError",
+    "Fence",
+    "InvalidInput",
+    "PermissionDenied",
+    "RequestStateError",
+    "TracefenceError",
+    "user_token",
+]

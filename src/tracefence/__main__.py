@@ -1,0 +1,3 @@
+from tracefence.cli import app
+
+app()

@@ -1,0 +1,83 @@
+"""The tracefence command line."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import psycopg
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tracefence import migrate as migrations
+
+app = typer.Typer(
+    help="tracefence: the database decides who may read which telemetry.",
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+DsnOption = Annotated[
+    str,
+    typer.Option(
+        "--dsn",
+        help="libpq connection string or URI; empty means the standard PG* variables.",
+        envvar="TRACEFENCE_DSN",
+    ),
+]
+
+
+class MigrateAction(str, Enum):
+    apply = "apply"
+    status = "status"
+    rollback = "rollback"
+
+
+@app.callback()
+def main() -> None:
+    """Install, check and explore tracefence."""
+
+
+@app.command()
+def migrate(
+    action: Annotated[MigrateAction, typer.Argument(help="What to do.")] = MigrateAction.apply,
+    dsn: DsnOption = "",
+    count: Annotated[int, typer.Option(help="How many migrations to roll back.", min=1)] = 1,
+) -> None:
+    """Apply pending migrations and sql/ files (default), show status, or roll back."""
+    try:
+        if action is MigrateAction.apply:
+            result = migrations.apply(dsn)
+            if result.pending or result.sql_changed:
+                for migration_id in result.pending:
+                    console.print(f"applied migration [bold]{migration_id}[/]")
+                if result.sql_changed:
+                    console.print(f"applied sql/ ({len(result.sql_changed)} files changed)")
+            else:
+                console.print("schema is up to date: nothing to do")
+        elif action is MigrateAction.status:
+            status = migrations.status(dsn)
+            table = Table("migration", "state")
+            for migration_id in status.applied:
+                table.add_row(migration_id, "[green]applied[/]")
+            for migration_id in status.pending:
+                table.add_row(migration_id, "[yellow]pending[/]")
+            console.print(table)
+            if status.sql_changed:
+                console.print(f"sql/: {len(status.sql_changed)} files to apply")
+            else:
+                console.print("sql/: up to date")
+        else:
+            rolled_back = migrations.rollback(dsn, count)
+            for migration_id in rolled_back:
+                console.print(f"rolled back migration [bold]{migration_id}[/]")
+            if not rolled_back:
+                console.print("nothing to roll back")
+    except psycopg.Error as error:
+        notes = " ".join(getattr(error, "__notes__", []))
+        errors.print(f"[red]migration failed:[/] {error} {notes}".rstrip())
+        raise typer.Exit(2) from error
+
+
