@@ -106,7 +106,7 @@ BEGIN
     ) THEN
         RAISE EXCEPTION USING
             ERRCODE = '42501',
-            MESSAGE = 'only an org_owner can grant org_owner',
+            MESSAGE = 'only an org_owner can grant org_owner: permission org:manage is required',
             DETAIL = 'missing permission: org:manage';
     END IF;
     PERFORM iam.require_role_permissions(resource, role, 'granting');

@@ -80,11 +80,15 @@ RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    -- A span is also tied to its trace; a trace has no trace_id column.
+    moved_span boolean := TG_TABLE_NAME = 'spans'
+        AND to_jsonb(NEW) -> 'trace_id' IS DISTINCT FROM to_jsonb(OLD) -> 'trace_id';
 BEGIN
     IF NEW.project_id IS DISTINCT FROM OLD.project_id
         OR NEW.environment_id IS DISTINCT FROM OLD.environment_id
         OR NEW.is_production IS DISTINCT FROM OLD.is_production
-        OR (TG_TABLE_NAME = 'spans' AND NEW.trace_id IS DISTINCT FROM OLD.trace_id)
+        OR moved_span
     THEN
         RAISE EXCEPTION USING
             ERRCODE = '23514',
