@@ -9,7 +9,7 @@ COMMENT ON SCHEMA iam IS 'Principals, roles, bindings, API keys and the request 
 CREATE TABLE iam.permissions (
     name text PRIMARY KEY CHECK (name ~ '^[a-z-]+(:[a-z-]+)+$'),
     description text NOT NULL,
-    tiers text [] NOT NULL CHECK (tiers <@ ARRAY['organisation', 'workspace', 'project']),
+    tiers text[] NOT NULL CHECK (tiers <@ ARRAY['organisation', 'workspace', 'project']),
     -- API keys may carry any permission except members:*, api-keys:*, *:manage, org:manage.
     key_allowed boolean NOT NULL
 );
@@ -101,8 +101,18 @@ CREATE TABLE iam.request_signing_key (
 );
 INSERT INTO iam.request_signing_key (inner_pad, outer_pad)
 SELECT
-    decode(string_agg(lpad(to_hex(get_byte(k.key, i) # 54), 2, '0'), '' ORDER BY i), 'hex'),
-    decode(string_agg(lpad(to_hex(get_byte(k.key, i) # 92), 2, '0'), '' ORDER BY i), 'hex')
+    decode(
+        string_agg(
+            lpad(to_hex((get_byte(k.key, i) | 54) - (get_byte(k.key, i) & 54)), 2, '0'), '' ORDER BY i
+        ),
+        'hex'
+    ) AS inner_pad,
+    decode(
+        string_agg(
+            lpad(to_hex((get_byte(k.key, i) | 92) - (get_byte(k.key, i) & 92)), 2, '0'), '' ORDER BY i
+        ),
+        'hex'
+    ) AS outer_pad
 FROM
     (
         SELECT

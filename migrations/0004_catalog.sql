@@ -69,7 +69,7 @@ SELECT
     p.name
 FROM (
     VALUES
-    ('org_owner', '{}'::text []),
+    ('org_owner', '{}'::text[]),
     ('org_admin', '{org:manage}'),
     ('workspace_owner', '{org:manage}'),
     ('workspace_admin', '{org:manage,workspaces:manage}')
@@ -80,10 +80,10 @@ WHERE NOT p.name = ANY(r.excluded);
 INSERT INTO iam.role_permissions (role, permission)
 SELECT
     r.role,
-    unnest(r.permissions)
+    unnest(r.permissions) AS permission
 FROM (
     VALUES
-    ('org_member', '{projects:read}'::text []),
+    ('org_member', '{projects:read}'::text[]),
     ('workspace_member', '{projects:read}'),
     (
         'project_owner',

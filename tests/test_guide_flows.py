@@ -17,7 +17,7 @@ def _project_with_traces(db: Database):
 
 
 def test_developer_sees_non_production_only(db: Database) -> None:
-    org, project, prod, staging = _project_with_traces(db)
+    org, project, _prod, staging = _project_with_traces(db)
     dev = db.create_user("dev")
     with db.fence().request(user=org.owner) as conn:
         api.grant_role(conn, dev, "project_developer", project.id)
@@ -43,7 +43,7 @@ def test_admin_role_adds_production(db: Database) -> None:
 
 
 def test_key_with_only_prod_scope_reads_production_only(db: Database) -> None:
-    org, project, prod, staging = _project_with_traces(db)
+    org, project, prod, _staging = _project_with_traces(db)
     with db.fence().request(user=org.owner) as conn:
         key = api.create_api_key(conn, "prod reports", project.id, ["traces:read:prod"])
     assert key.secret.startswith("tfk_")
@@ -53,7 +53,7 @@ def test_key_with_only_prod_scope_reads_production_only(db: Database) -> None:
 
 
 def test_key_with_read_scope_reads_non_production_only(db: Database) -> None:
-    org, project, prod, staging = _project_with_traces(db)
+    org, project, _prod, staging = _project_with_traces(db)
     with db.fence().request(user=org.owner) as conn:
         key = api.create_api_key(conn, "staging", project.id, ["traces:read"])
     assert visible_traces(db, api_key=key.secret) == {staging}
@@ -88,7 +88,7 @@ def test_editing_key_scopes_or_revoking_the_key_removes_access(db: Database) -> 
 
 
 def test_classification_is_fixed_at_capture(db: Database) -> None:
-    org, project, prod, staging = _project_with_traces(db)
+    org, project, _prod, staging = _project_with_traces(db)
     dev = db.create_user("dev")
     with db.fence().request(user=org.owner) as conn:
         api.grant_role(conn, dev, "project_developer", project.id)
@@ -122,7 +122,7 @@ def test_cascade_from_workspace_and_organisation(db: Database) -> None:
 
 
 def test_boundary_state_for_a_member_without_trace_permissions(db: Database) -> None:
-    org, project, prod, staging = _project_with_traces(db)
+    org, project, _prod, _staging = _project_with_traces(db)
     member = db.create_user("member")
     with db.fence().request(user=org.owner) as conn:
         api.grant_role(conn, member, "project_member", project.id)
@@ -136,7 +136,7 @@ def test_boundary_state_for_a_member_without_trace_permissions(db: Database) -> 
 
 
 def test_ingest_through_a_write_key_is_classified_by_the_database(db: Database) -> None:
-    org, project, prod, staging = _project_with_traces(db)
+    org, project, _prod, _staging = _project_with_traces(db)
     with db.fence().request(user=org.owner) as conn:
         key = api.create_api_key(conn, "ingest", project.id, ["traces:write"])
     with db.fence().request(api_key=key.secret) as conn:

@@ -9,8 +9,8 @@ IMMUTABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT
-        decode(string_agg(lpad(to_hex(get_byte(k.key, i) # 54), 2, '0'), '' ORDER BY i), 'hex'),
-        decode(string_agg(lpad(to_hex(get_byte(k.key, i) # 92), 2, '0'), '' ORDER BY i), 'hex')
+        decode(string_agg(lpad(to_hex((get_byte(k.key, i) | 54) - (get_byte(k.key, i) & 54)), 2, '0'), '' ORDER BY i), 'hex'),
+        decode(string_agg(lpad(to_hex((get_byte(k.key, i) | 92) - (get_byte(k.key, i) & 92)), 2, '0'), '' ORDER BY i), 'hex')
     FROM
         (SELECT CASE WHEN length(secret) > 64 THEN sha256(secret) ELSE secret END AS short) AS s,
         LATERAL (SELECT s.short || decode(repeat('00', 64 - length(s.short)), 'hex') AS key) AS k,

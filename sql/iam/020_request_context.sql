@@ -78,7 +78,7 @@ $$;
 
 -- Resources at which the open request holds `permission` directly (before the cascade).
 CREATE OR REPLACE FUNCTION iam.granting_resources(context jsonb, permission text)
-RETURNS uuid []
+RETURNS uuid[]
 LANGUAGE sql
 IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp

@@ -15,7 +15,7 @@ COMMENT ON FUNCTION iam.current_principal() IS 'The principal of the open reques
 -- Projects where the open request holds `permission`, through the role cascade: a grant at an
 -- organisation or workspace covers every project below it, including ones created later.
 CREATE OR REPLACE FUNCTION iam.permitted_projects(permission text)
-RETURNS uuid []
+RETURNS uuid[]
 LANGUAGE sql
 STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
@@ -34,7 +34,7 @@ COMMENT ON FUNCTION iam.permitted_projects(text) IS
 -- Organisations, workspaces and projects the open request may see: where it holds
 -- projects:read, and the ancestors of those (a member of a project sees what contains it).
 CREATE OR REPLACE FUNCTION iam.visible_resources()
-RETURNS uuid []
+RETURNS uuid[]
 LANGUAGE sql
 STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
@@ -62,7 +62,7 @@ COMMENT ON FUNCTION iam.visible_resources() IS
 -- The permissions the open request holds at a resource: the union of its grants at the
 -- resource and at every ancestor, as fixed when the request began.
 CREATE OR REPLACE FUNCTION iam.request_permissions(resource uuid)
-RETURNS text []
+RETURNS text[]
 LANGUAGE sql
 STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp

@@ -3,8 +3,8 @@
 -- scopes needs api-keys:write at the key's resource and every scope held by the caller there.
 
 -- Validate a scope list; 22023 names the first bad entry. Returns it sorted and de-duplicated.
-CREATE OR REPLACE FUNCTION iam.valid_scopes(scopes text [])
-RETURNS text []
+CREATE OR REPLACE FUNCTION iam.valid_scopes(scopes text[])
+RETURNS text[]
 LANGUAGE plpgsql
 STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -34,7 +34,7 @@ END
 $$;
 
 -- Raise 42501 unless the open request holds api-keys:write and every scope at the resource.
-CREATE OR REPLACE FUNCTION iam.require_key_authority(resource uuid, scopes text [])
+CREATE OR REPLACE FUNCTION iam.require_key_authority(resource uuid, scopes text[])
 RETURNS uuid
 LANGUAGE plpgsql
 STABLE SECURITY DEFINER
@@ -60,7 +60,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION iam.create_api_key(
-    name text, resource uuid, scopes text [], expires_at timestamptz DEFAULT NULL
+    name text, resource uuid, scopes text[], expires_at timestamptz DEFAULT NULL
 )
 RETURNS TABLE (key_id uuid, secret text)
 LANGUAGE plpgsql
@@ -92,11 +92,11 @@ BEGIN
     RETURN NEXT;
 END
 $$;
-COMMENT ON FUNCTION iam.create_api_key(text, uuid, text [], timestamptz) IS
+COMMENT ON FUNCTION iam.create_api_key(text, uuid, text[], timestamptz) IS
 'Create an API key at a resource; the secret is returned once and stored only as a hash.';
 
 -- Lock a live key and check the caller may change it with `scopes`; returns its resource.
-CREATE OR REPLACE FUNCTION iam.lock_api_key(key_id uuid, scopes text [])
+CREATE OR REPLACE FUNCTION iam.lock_api_key(key_id uuid, scopes text[])
 RETURNS uuid
 LANGUAGE plpgsql
 VOLATILE SECURITY DEFINER
@@ -115,7 +115,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION iam.set_api_key_scopes(key_id uuid, scopes text [])
+CREATE OR REPLACE FUNCTION iam.set_api_key_scopes(key_id uuid, scopes text[])
 RETURNS void
 LANGUAGE plpgsql
 VOLATILE SECURITY DEFINER
@@ -135,7 +135,7 @@ BEGIN
     ON CONFLICT DO NOTHING;
 END
 $$;
-COMMENT ON FUNCTION iam.set_api_key_scopes(uuid, text []) IS 'Replace the scopes of an API key.';
+COMMENT ON FUNCTION iam.set_api_key_scopes(uuid, text[]) IS 'Replace the scopes of an API key.';
 
 CREATE OR REPLACE FUNCTION iam.revoke_api_key(key_id uuid)
 RETURNS void
@@ -152,12 +152,12 @@ $$;
 COMMENT ON FUNCTION iam.revoke_api_key(uuid) IS
 'Revoke an API key: from the next request on it authenticates nothing.';
 
-REVOKE ALL ON FUNCTION iam.valid_scopes(text []) FROM public;
-REVOKE ALL ON FUNCTION iam.require_key_authority(uuid, text []) FROM public;
-REVOKE ALL ON FUNCTION iam.lock_api_key(uuid, text []) FROM public;
-REVOKE ALL ON FUNCTION iam.create_api_key(text, uuid, text [], timestamptz) FROM public;
-REVOKE ALL ON FUNCTION iam.set_api_key_scopes(uuid, text []) FROM public;
+REVOKE ALL ON FUNCTION iam.valid_scopes(text[]) FROM public;
+REVOKE ALL ON FUNCTION iam.require_key_authority(uuid, text[]) FROM public;
+REVOKE ALL ON FUNCTION iam.lock_api_key(uuid, text[]) FROM public;
+REVOKE ALL ON FUNCTION iam.create_api_key(text, uuid, text[], timestamptz) FROM public;
+REVOKE ALL ON FUNCTION iam.set_api_key_scopes(uuid, text[]) FROM public;
 REVOKE ALL ON FUNCTION iam.revoke_api_key(uuid) FROM public;
-GRANT EXECUTE ON FUNCTION iam.create_api_key(text, uuid, text [], timestamptz) TO tracefence_app;
-GRANT EXECUTE ON FUNCTION iam.set_api_key_scopes(uuid, text []) TO tracefence_app;
+GRANT EXECUTE ON FUNCTION iam.create_api_key(text, uuid, text[], timestamptz) TO tracefence_app;
+GRANT EXECUTE ON FUNCTION iam.set_api_key_scopes(uuid, text[]) TO tracefence_app;
 GRANT EXECUTE ON FUNCTION iam.revoke_api_key(uuid) TO tracefence_app;

