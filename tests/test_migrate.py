@@ -54,7 +54,7 @@ def test_status_lists_pending_migrations_before_apply(empty_db: str) -> None:
     assert "0005_telemetry" in result.pending
 
 
-def test_migrated_database_uses_no_extension_and_the_three_roles(empty_db: str) -> None:
+def test_migrated_database_uses_no_extension_and_the_package_roles(empty_db: str) -> None:
     migrate.apply(empty_db)
     with psycopg.connect(empty_db) as conn:
         extensions = {r[0] for r in conn.execute("SELECT extname FROM pg_extension").fetchall()}
@@ -69,6 +69,7 @@ def test_migrated_database_uses_no_extension_and_the_three_roles(empty_db: str) 
             "tracefence_owner": (False, True, False),
             "tracefence_app": (False, False, False),
             "tracefence_service": (False, False, False),
+            "tracefence_audit": (False, False, False),  # owns the append-only audit log
         }
         owned_by_app = conn.execute(
             "SELECT count(*) FROM pg_class WHERE relowner = 'tracefence_app'::regrole"
@@ -85,8 +86,8 @@ def test_migrated_database_uses_no_extension_and_the_three_roles(empty_db: str) 
 
 def test_rollback_then_apply_restores_the_schema(empty_db: str) -> None:
     migrate.apply(empty_db)
-    rolled = migrate.rollback(empty_db, count=6)
-    assert rolled[0] == "0006_installed_sql"
+    rolled = migrate.rollback(empty_db, count=7)
+    assert rolled[0] == "0007_audit"
     with psycopg.connect(empty_db) as conn:
         assert conn.execute("SELECT to_regclass('telemetry.traces')").fetchone() == (None,)
     result = migrate.apply(empty_db)
@@ -96,6 +97,7 @@ def test_rollback_then_apply_restores_the_schema(empty_db: str) -> None:
         assert conn.execute(
             "SELECT count(*) FROM pg_policy WHERE polrelid = 'telemetry.traces'::regclass"
         ).fetchone() == (4,)
+        assert conn.execute("SELECT to_regclass('audit.events')").fetchone() != (None,)
 
 
 def test_a_failing_migration_reports_and_exits_2(empty_db: str) -> None:

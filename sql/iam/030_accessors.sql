@@ -79,6 +79,16 @@ $$;
 COMMENT ON FUNCTION iam.request_permissions(uuid) IS
 'Permissions the open request holds at a resource (cascade applied), fixed at begin_request.';
 
+-- The organisation a resource belongs to (itself for an organisation). Internal.
+CREATE OR REPLACE FUNCTION iam.organisation_of(resource uuid)
+RETURNS uuid
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.organisation_id FROM tenancy.resources AS r WHERE r.id = resource
+$$;
+
 -- The principal of the open request, or 42501 when none is open. Internal.
 CREATE OR REPLACE FUNCTION iam.require_request()
 RETURNS uuid
@@ -143,6 +153,7 @@ REVOKE ALL ON FUNCTION iam.current_principal() FROM public;
 REVOKE ALL ON FUNCTION iam.permitted_projects(text) FROM public;
 REVOKE ALL ON FUNCTION iam.visible_resources() FROM public;
 REVOKE ALL ON FUNCTION iam.request_permissions(uuid) FROM public;
+REVOKE ALL ON FUNCTION iam.organisation_of(uuid) FROM public;
 REVOKE ALL ON FUNCTION iam.require_request() FROM public;
 REVOKE ALL ON FUNCTION iam.require_user_request(text) FROM public;
 REVOKE ALL ON FUNCTION iam.require_permission(uuid, text) FROM public;

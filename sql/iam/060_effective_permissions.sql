@@ -39,27 +39,13 @@ COMMENT ON FUNCTION iam.effective_permission_set(uuid, uuid, timestamptz) IS
 -- The API: a principal's effective permissions at a resource now. Anyone may ask about
 -- themselves; asking about another user needs members:read there, about a key api-keys:read.
 CREATE OR REPLACE FUNCTION iam.effective_permissions(principal uuid, resource uuid)
-RETURNS text[]
+RETURNS text []
 LANGUAGE plpgsql
 STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    caller uuid := iam.require_request();
-    principal_kind text;
 BEGIN
-    IF principal IS DISTINCT FROM caller THEN
-        SELECT p.kind INTO principal_kind FROM iam.principals AS p WHERE p.id = principal;
-        PERFORM iam.require_permission(
-            resource,
-            CASE WHEN principal_kind = 'api_key' THEN 'api-keys:read' ELSE 'members:read' END
-        );
-        IF principal_kind IS NULL THEN
-            RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown principal: %s', principal);
-        END IF;
-    ELSIF NOT EXISTS (SELECT FROM tenancy.resources AS r WHERE r.id = resource) THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown resource: %s', resource);
-    END IF;
+    PERFORM iam.require_insight(principal, resource);
     RETURN iam.effective_permission_set(principal, resource, statement_timestamp());
 END
 $$;

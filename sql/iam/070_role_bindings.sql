@@ -63,17 +63,19 @@ CREATE OR REPLACE FUNCTION iam.grant_role(
     valid_until timestamptz DEFAULT NULL,
     valid_from timestamptz DEFAULT NULL
 )
-RETURNS void
+RETURNS audit.events
 LANGUAGE plpgsql
 VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     actor uuid := iam.require_request();
+    at timestamptz := statement_timestamp();
     role_tier text;
-    target iam.role_bindings;
     resource_row tenancy.resources;
     existing iam.role_bindings;
+    before jsonb;
+    event audit.events;
 BEGIN
     SELECT r.tier INTO role_tier FROM iam.roles AS r WHERE r.name = grant_role.role;
     IF role_tier IS NULL THEN
@@ -120,7 +122,7 @@ BEGIN
             AND existing.valid_until IS NOT DISTINCT FROM grant_role.valid_until
             AND existing.valid_from IS NOT DISTINCT FROM grant_role.valid_from
         THEN
-            RETURN;  -- already bound exactly so: nothing changes
+            RETURN NULL;  -- already bound exactly so: nothing changes
         END IF;
         PERFORM iam.require_role_permissions(resource, existing.role, 'replacing');
         IF existing.role = 'org_owner' AND existing.valid_until IS NULL
@@ -130,10 +132,11 @@ BEGIN
         END IF;
     END IF;
 
-    target := ROW(
-        principal, resource, role_tier, role, valid_from, valid_until, actor, statement_timestamp()
-    );
-    INSERT INTO iam.role_bindings SELECT target.*
+    before := iam.effective_sets(principal, resource_row.organisation_id, at);
+    INSERT INTO iam.role_bindings AS b (
+        principal_id, resource_id, tier, role, valid_from, valid_until, granted_by, granted_at
+    )
+    VALUES (principal, resource, role_tier, role, valid_from, valid_until, actor, at)
     ON CONFLICT (principal_id, resource_id) DO UPDATE
         SET
             tier = excluded.tier,
@@ -141,20 +144,37 @@ BEGIN
             valid_from = excluded.valid_from,
             valid_until = excluded.valid_until,
             granted_by = excluded.granted_by,
-            granted_at = excluded.granted_at;
+            granted_at = excluded.granted_at,
+            expiry_recorded_at = NULL,
+            start_recorded_at = NULL;
+    -- One row per scope whose effective set changed; the caller gets the one at `resource`.
+    SELECT c.* INTO event
+    FROM audit.record_rbac_changes(
+        principal, before, iam.effective_sets(principal, resource_row.organisation_id, at),
+        CASE WHEN existing.role IS NULL THEN 'binding_created' ELSE 'binding_changed' END,
+        at, (audit.request_actor()).actor_id, (audit.request_actor()).actor_kind,
+        jsonb_build_object('role', role, 'resource', resource, 'valid_from', valid_from,
+            'valid_until', valid_until, 'replaced_role', existing.role)
+    ) AS c
+    WHERE c.scope_id = resource;
+    RETURN event;
 END
 $$;
 COMMENT ON FUNCTION iam.grant_role(uuid, text, uuid, timestamptz, timestamptz) IS
 'Bind a role to a user at a resource of its tier, replacing any role bound there.';
 
 CREATE OR REPLACE FUNCTION iam.revoke_role(principal uuid, resource uuid)
-RETURNS void
+RETURNS audit.events
 LANGUAGE plpgsql
 VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    at timestamptz := statement_timestamp();
     existing iam.role_bindings;
+    organisation uuid;
+    before jsonb;
+    event audit.events;
 BEGIN
     PERFORM iam.require_permission(resource, 'members:write');
     SELECT b.* INTO existing
@@ -162,13 +182,23 @@ BEGIN
     WHERE b.principal_id = principal AND b.resource_id = resource
     FOR UPDATE;
     IF NOT FOUND THEN
-        RETURN;  -- nothing bound there: nothing changes
+        RETURN NULL;  -- nothing bound there: nothing changes
     END IF;
     PERFORM iam.require_role_permissions(resource, existing.role, 'removing');
     IF existing.role = 'org_owner' AND existing.valid_until IS NULL THEN
         PERFORM iam.require_other_owner(resource, principal);
     END IF;
+    SELECT r.organisation_id INTO organisation FROM tenancy.resources AS r WHERE r.id = resource;
+    before := iam.effective_sets(principal, organisation, at);
     DELETE FROM iam.role_bindings AS b WHERE b.principal_id = principal AND b.resource_id = resource;
+    SELECT c.* INTO event
+    FROM audit.record_rbac_changes(
+        principal, before, iam.effective_sets(principal, organisation, at), 'binding_removed',
+        at, (audit.request_actor()).actor_id, (audit.request_actor()).actor_kind,
+        jsonb_build_object('role', existing.role, 'resource', resource)
+    ) AS c
+    WHERE c.scope_id = resource;
+    RETURN event;
 END
 $$;
 COMMENT ON FUNCTION iam.revoke_role(uuid, uuid) IS 'Remove the role a user holds at a resource.';

@@ -62,12 +62,13 @@ $$;
 CREATE OR REPLACE FUNCTION iam.create_api_key(
     name text, resource uuid, scopes text[], expires_at timestamptz DEFAULT NULL
 )
-RETURNS TABLE (key_id uuid, secret text)
+RETURNS TABLE (key_id uuid, secret text, audit_event jsonb)
 LANGUAGE plpgsql
 VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    at timestamptz := statement_timestamp();
     clean_scopes text [] := iam.valid_scopes(scopes);
     actor uuid;
 BEGIN
@@ -89,6 +90,14 @@ BEGIN
     );
     INSERT INTO iam.api_key_scopes (key_id, permission)
     SELECT create_api_key.key_id, s FROM unnest(clean_scopes) AS s;
+    SELECT to_jsonb(c.*) INTO audit_event
+    FROM audit.record_rbac_changes(
+        create_api_key.key_id, '{}',
+        iam.effective_sets(create_api_key.key_id, iam.organisation_of(resource), at), 'key_created',
+        at, (audit.request_actor()).actor_id, (audit.request_actor()).actor_kind,
+        jsonb_build_object('name', name, 'resource', resource, 'scopes', to_jsonb(clean_scopes))
+    ) AS c
+    WHERE c.scope_id = resource;
     RETURN NEXT;
 END
 $$;
@@ -116,37 +125,60 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION iam.set_api_key_scopes(key_id uuid, scopes text[])
-RETURNS void
+RETURNS audit.events
 LANGUAGE plpgsql
 VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    at timestamptz := statement_timestamp();
     clean_scopes text [] := iam.valid_scopes(scopes);
+    resource uuid := iam.lock_api_key(key_id, clean_scopes);
+    before jsonb;
+    event audit.events;
 BEGIN
-    PERFORM iam.lock_api_key(key_id, clean_scopes);
     IF EXISTS (SELECT FROM iam.api_keys AS k WHERE k.id = key_id AND k.revoked_at IS NOT NULL) THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('API key %s is revoked', key_id);
     END IF;
+    before := iam.effective_sets(key_id, iam.organisation_of(resource), at);
     DELETE FROM iam.api_key_scopes AS s
     WHERE s.key_id = set_api_key_scopes.key_id AND NOT s.permission = ANY(clean_scopes);
     INSERT INTO iam.api_key_scopes (key_id, permission)
     SELECT set_api_key_scopes.key_id, s FROM unnest(clean_scopes) AS s
     ON CONFLICT DO NOTHING;
+    SELECT c.* INTO event
+    FROM audit.record_rbac_changes(
+        key_id, before, iam.effective_sets(key_id, iam.organisation_of(resource), at),
+        'key_scopes_edited', at, (audit.request_actor()).actor_id, (audit.request_actor()).actor_kind,
+        jsonb_build_object('scopes', to_jsonb(clean_scopes))
+    ) AS c
+    WHERE c.scope_id = resource;
+    RETURN event;
 END
 $$;
 COMMENT ON FUNCTION iam.set_api_key_scopes(uuid, text[]) IS 'Replace the scopes of an API key.';
 
 CREATE OR REPLACE FUNCTION iam.revoke_api_key(key_id uuid)
-RETURNS void
+RETURNS audit.events
 LANGUAGE plpgsql
 VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    at timestamptz := statement_timestamp();
+    resource uuid := iam.lock_api_key(key_id, '{}');
+    before jsonb := iam.effective_sets(key_id, iam.organisation_of(resource), at);
+    event audit.events;
 BEGIN
-    PERFORM iam.lock_api_key(key_id, '{}');
-    UPDATE iam.api_keys AS k SET revoked_at = statement_timestamp()
+    UPDATE iam.api_keys AS k SET revoked_at = at
     WHERE k.id = key_id AND k.revoked_at IS NULL;
+    SELECT c.* INTO event
+    FROM audit.record_rbac_changes(
+        key_id, before, iam.effective_sets(key_id, iam.organisation_of(resource), at),
+        'key_revoked', at, (audit.request_actor()).actor_id, (audit.request_actor()).actor_kind
+    ) AS c
+    WHERE c.scope_id = resource;
+    RETURN event;
 END
 $$;
 COMMENT ON FUNCTION iam.revoke_api_key(uuid) IS

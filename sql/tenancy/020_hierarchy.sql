@@ -20,6 +20,11 @@ BEGIN
     INSERT INTO tenancy.organisations (id, slug, name) VALUES (org, slug, name);
     INSERT INTO iam.role_bindings (principal_id, resource_id, tier, role, granted_by)
     VALUES (actor, org, 'organisation', 'org_owner', actor);
+    PERFORM audit.record_rbac_changes(
+        actor, '{}', iam.effective_sets(actor, org, statement_timestamp()), 'binding_created',
+        statement_timestamp(), actor, 'user',
+        jsonb_build_object('role', 'org_owner', 'resource', org)
+    );
     -- The creator may go on to set the organisation up in the same request.
     PERFORM iam.extend_request(jsonb_build_object(
         'resource', org,
@@ -136,33 +141,139 @@ COMMENT ON FUNCTION tenancy.create_environment(uuid, text, boolean) IS
 'Create an environment in a project (environments:write there).';
 
 -- Flip an environment's production flag. Traces already captured keep their classification.
+-- A real flip writes one environment_policy audit row; setting the value it has writes none.
 CREATE OR REPLACE FUNCTION tenancy.set_environment_production(environment uuid, is_production boolean)
-RETURNS void
+RETURNS audit.events
 LANGUAGE plpgsql
 VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    project uuid;
+    env tenancy.environments;
+    scope tenancy.resources;
+    event audit.events;
 BEGIN
     IF is_production IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'is_production must be true or false';
     END IF;
-    SELECT e.project_id INTO project FROM tenancy.environments AS e WHERE e.id = environment FOR UPDATE;
-    PERFORM iam.require_permission(project, 'environments:write');
+    SELECT e.* INTO env FROM tenancy.environments AS e WHERE e.id = environment FOR UPDATE;
+    PERFORM iam.require_permission(env.project_id, 'environments:write');
+    IF env.is_production = set_environment_production.is_production THEN
+        RETURN NULL;
+    END IF;
     UPDATE tenancy.environments AS e
     SET is_production = set_environment_production.is_production
     WHERE e.id = environment;
+    SELECT r.* INTO scope FROM tenancy.resources AS r WHERE r.id = env.project_id;
+    INSERT INTO audit.events (
+        event_type, actor_id, actor_kind, scope_id, scope_tier, organisation_id, workspace_id,
+        project_id, cause, detail
+    )
+    SELECT
+        'environment_policy', a.actor_id, a.actor_kind, scope.id, scope.tier,
+        scope.organisation_id, scope.workspace_id, scope.id, 'environment_flipped',
+        jsonb_build_object(
+            'environment', env.id, 'environment_name', env.name,
+            'prior_is_production', env.is_production,
+            'new_is_production', set_environment_production.is_production
+        )
+    FROM audit.request_actor() AS a
+    RETURNING * INTO event;
+    RETURN event;
 END
 $$;
 COMMENT ON FUNCTION tenancy.set_environment_production(uuid, boolean) IS
-'Flip is_production (environments:write); affects only traces captured afterwards.';
+'Flip is_production (environments:write); affects only traces captured afterwards; audited.';
+
+-- Delete a workspace or project with everything in it. Every principal whose effective set
+-- at a deleted resource was not empty gets an audit row there (cause workspace_deleted or
+-- project_deleted), written before the rows go.
+CREATE OR REPLACE FUNCTION tenancy.delete_resource(resource uuid, permission text, cause text)
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    at timestamptz := statement_timestamp();
+    organisation uuid := iam.organisation_of(resource);
+    doomed text [];
+    principal uuid;
+    before jsonb;
+    recorded integer := 0;
+    n integer;
+BEGIN
+    PERFORM iam.require_permission(resource, permission);
+    SELECT array_agg(r.id::text) INTO doomed
+    FROM tenancy.resources AS r
+    WHERE resource IN (r.id, r.workspace_id);
+    FOR principal IN
+        SELECT b.principal_id FROM iam.role_bindings AS b
+        INNER JOIN tenancy.resources AS r ON r.id = b.resource_id
+        WHERE r.organisation_id = organisation
+        UNION
+        SELECT k.id FROM iam.api_keys AS k
+        INNER JOIN tenancy.resources AS r ON r.id = k.resource_id
+        WHERE r.organisation_id = organisation
+    LOOP
+        before := iam.effective_sets(principal, organisation, at);
+        SELECT count(*) INTO n FROM audit.record_rbac_changes(
+            principal, before, before - doomed, cause, at,
+            (audit.request_actor()).actor_id, (audit.request_actor()).actor_kind,
+            jsonb_build_object('deleted', resource)
+        );
+        recorded := recorded + n;
+    END LOOP;
+    DELETE FROM tenancy.resources AS r WHERE r.id = resource;
+    RETURN recorded;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.delete_project(project uuid)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM iam.require_permission(project, 'projects:manage');
+    IF NOT EXISTS (SELECT FROM tenancy.projects AS p WHERE p.id = project) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('resource %s is not a project', project);
+    END IF;
+    PERFORM tenancy.delete_resource(project, 'projects:manage', 'project_deleted');
+END
+$$;
+COMMENT ON FUNCTION tenancy.delete_project(uuid) IS
+'Delete a project, its environments and telemetry (projects:manage there); audited.';
+
+CREATE OR REPLACE FUNCTION tenancy.delete_workspace(workspace uuid)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM iam.require_permission(workspace, 'workspaces:manage');
+    IF NOT EXISTS (SELECT FROM tenancy.workspaces AS w WHERE w.id = workspace) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '22023', MESSAGE = format('resource %s is not a workspace', workspace);
+    END IF;
+    PERFORM tenancy.delete_resource(workspace, 'workspaces:manage', 'workspace_deleted');
+END
+$$;
+COMMENT ON FUNCTION tenancy.delete_workspace(uuid) IS
+'Delete a workspace with its projects (workspaces:manage there); audited.';
 
 REVOKE ALL ON FUNCTION tenancy.create_organisation(text, text) FROM public;
 REVOKE ALL ON FUNCTION tenancy.create_workspace(uuid, text, text) FROM public;
 REVOKE ALL ON FUNCTION tenancy.create_project(uuid, text, text) FROM public;
 REVOKE ALL ON FUNCTION tenancy.create_environment(uuid, text, boolean) FROM public;
 REVOKE ALL ON FUNCTION tenancy.set_environment_production(uuid, boolean) FROM public;
+REVOKE ALL ON FUNCTION tenancy.delete_resource(uuid, text, text) FROM public;
+REVOKE ALL ON FUNCTION tenancy.delete_project(uuid) FROM public;
+REVOKE ALL ON FUNCTION tenancy.delete_workspace(uuid) FROM public;
+GRANT EXECUTE ON FUNCTION tenancy.delete_project(uuid) TO tracefence_app;
+GRANT EXECUTE ON FUNCTION tenancy.delete_workspace(uuid) TO tracefence_app;
 GRANT EXECUTE ON FUNCTION tenancy.create_organisation(text, text) TO tracefence_app;
 GRANT EXECUTE ON FUNCTION tenancy.create_workspace(uuid, text, text) TO tracefence_app;
 GRANT EXECUTE ON FUNCTION tenancy.create_project(uuid, text, text) TO tracefence_app;
