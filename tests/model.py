@@ -102,7 +102,7 @@ class Binding:
 
     def valid_at(self, now: datetime) -> bool:
         # "An expired time-bounded binding grants nothing from valid_until on."
-        started = True
+        started = self.valid_from is None or self.valid_from <= now
         ended = self.valid_until is not None and now >= self.valid_until
         return started and not ended
 

@@ -44,11 +44,11 @@ DECLARE
     key iam.api_keys;
     holds boolean;
 BEGIN
-    IF NOT EXISTS (SELECT FROM iam.permissions AS p WHERE p.name = permission) THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown permission: %L', permission);
+    IF NOT EXISTS (SELECT FROM iam.permissions AS p WHERE p.name = explain_access.permission) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown permission: %L', explain_access.permission);
     END IF;
     SELECT r.* INTO scope FROM tenancy.resources AS r WHERE r.id = resource;
-    holds := permission = ANY(iam.effective_permission_set(principal, resource, at));
+    holds := explain_access.permission = ANY(iam.effective_permission_set(principal, resource, at));
     SELECT k.* INTO key FROM iam.api_keys AS k WHERE k.id = principal;
 
     IF key.id IS NOT NULL THEN
@@ -66,10 +66,10 @@ BEGIN
                 WHEN key.resource_id NOT IN (scope.id, scope.workspace_id, scope.organisation_id)
                     THEN format('the key is bound to %s %s, which does not contain this resource',
                         kr.tier, key.resource_id)
-                WHEN holds THEN format('the key''s scopes include %s', permission)
+                WHEN holds THEN format('the key''s scopes include %s', explain_access.permission)
                 ELSE format('the key''s scopes (%s) do not include %s',
                     (SELECT string_agg(s.permission, ', ' ORDER BY s.permission)
-                     FROM iam.api_key_scopes AS s WHERE s.key_id = key.id), permission)
+                     FROM iam.api_key_scopes AS s WHERE s.key_id = key.id), explain_access.permission)
             END
         FROM tenancy.resources AS kr WHERE kr.id = key.resource_id;
         RETURN;
@@ -90,8 +90,8 @@ BEGIN
             WHEN b.role IS NULL THEN format('no role is bound at the %s', r.tier)
             WHEN b.valid_until <= at THEN format('role %s expired at %s', b.role, b.valid_until)
             WHEN b.valid_from > at THEN format('role %s starts at %s', b.role, b.valid_from)
-            WHEN rp.permission IS NULL THEN format('role %s does not carry %s', b.role, permission)
-            ELSE format('role %s at the %s grants %s', b.role, r.tier, permission)
+            WHEN rp.permission IS NULL THEN format('role %s does not carry %s', b.role, explain_access.permission)
+            ELSE format('role %s at the %s grants %s', b.role, r.tier, explain_access.permission)
         END
     FROM tenancy.resources AS r
     LEFT JOIN iam.role_bindings AS b ON b.resource_id = r.id AND b.principal_id = principal
@@ -104,7 +104,7 @@ BEGIN
         RETURN QUERY SELECT
             false, NULL::text, NULL::uuid, 'missing'::text, NULL::text, NULL::timestamptz,
             NULL::timestamptz,
-            format('%s is held at no tier; roles that carry it: %s', permission, coalesce((
+            format('%s is held at no tier; roles that carry it: %s', explain_access.permission, coalesce((
                 SELECT string_agg(ro.name, ', ' ORDER BY ro.name)
                 FROM iam.roles AS ro
                 INNER JOIN iam.role_permissions AS rp ON rp.role = ro.name

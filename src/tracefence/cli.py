@@ -81,3 +81,57 @@ def migrate(
         raise typer.Exit(2) from error
 
 
+
+
+@app.command()
+def sweep(dsn: DsnOption = "") -> None:
+    """Record expired bindings and keys in the audit log (safe to run at any time)."""
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT iam.sweep_expired()").fetchone()
+    except psycopg.Error as error:
+        errors.print(f"[red]sweep failed:[/] {error}")
+        raise typer.Exit(2) from error
+    recorded = row[0] if row else 0
+    console.print(f"sweep recorded {recorded} audit row{'s' if recorded != 1 else ''}")
+
+
+@app.command()
+def explain(
+    principal: Annotated[str, typer.Option(help="User or API key id.")],
+    resource: Annotated[str, typer.Option(help="Organisation, workspace or project id.")],
+    permission: Annotated[str, typer.Option(help="Permission, e.g. traces:read:prod.")],
+    dsn: DsnOption = "",
+) -> None:
+    """Why a principal holds a permission at a resource, or why not (exit 0 granted, 1 denied).
+
+    Runs as a DBA: the connecting login must be able to SET ROLE tracefence_owner.
+    """
+    try:
+        with psycopg.connect(dsn) as conn:
+            conn.execute("SET ROLE tracefence_owner")
+            rows = conn.execute(
+                "SELECT granted, tier, resource_id, source, role, valid_from, valid_until, reason "
+                "FROM iam.explain_access(%s, %s, %s)",
+                [principal, resource, permission],
+            ).fetchall()
+    except psycopg.Error as error:
+        errors.print(f"[red]explain failed:[/] {error.diag.message_primary or error}")
+        raise typer.Exit(2) from error
+    granted = any(row[0] for row in rows)
+    table = Table("granted", "tier", "resource", "source", "role", "window", "reason")
+    for ok, tier, resource_id, source, role, valid_from, valid_until, reason in rows:
+        window = " to ".join(str(t) if t else "open" for t in (valid_from, valid_until))
+        table.add_row(
+            "[green]yes[/]" if ok else "[red]no[/]",
+            tier or "",
+            str(resource_id or ""),
+            source,
+            role or "",
+            window if valid_from or valid_until else "",
+            reason,
+        )
+    console.print(table)
+    verdict = "[green]granted[/]" if granted else "[red]denied[/]"
+    console.print(f"{permission} for {principal} at {resource}: {verdict}")
+    raise typer.Exit(0 if granted else 1)
