@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -364,3 +365,55 @@ def test_sweep_and_explain_from_the_command_line(db: Database, org: Org) -> None
     )
     assert explain.returncode == 1, explain.stderr
     assert "denied" in explain.stdout
+
+
+def test_concurrent_sweeps_record_each_expiry_once(db: Database, org: Org) -> None:
+    users = [db.create_user() for _ in range(12)]
+    with db.fence().request(user=org.owner) as conn:
+        for user in users:
+            api.grant_role(conn, user, "org_member", org.id,
+                           valid_until=datetime.now(UTC) + timedelta(hours=1))
+    db.scalar(
+        "UPDATE iam.role_bindings SET valid_until = now() - interval '1 second', "
+        "granted_at = now() - interval '1 hour' WHERE role = 'org_member' RETURNING 1"
+    )
+    barrier = threading.Barrier(3)
+    results: list[int] = []
+
+    def sweep() -> None:
+        service = psycopg.connect(db.service_conninfo, autocommit=True)
+        try:
+            barrier.wait()
+            for _ in range(3):
+                results.append(api.sweep_expired(service))
+        finally:
+            service.close()
+
+    threads = [threading.Thread(target=sweep) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # each member loses projects:read at the org, both workspaces and four projects
+    assert sum(results) == len(users) * 7
+    assert db.scalar("SELECT count(*) FROM audit.events WHERE cause = 'binding_expired'") == len(users) * 7
+
+
+def test_troubleshooting_the_boundary_state_after_a_grant(db: Database, org: Org) -> None:
+    """"I granted the role but the user still sees the boundary state": a request already in
+    flight keeps its set; the next request has the new one, and explain says why."""
+    project = org.projects[0]
+    trace = db.insert_trace(project.id, project.production)
+    user = db.create_user()
+    with db.fence().request(user=org.owner) as conn:
+        api.grant_role(conn, user, "project_developer", project.id)
+    with db.fence().request(user=user) as in_flight:
+        assert api.trace_access(in_flight, project.id)["traces:read:prod"] is False
+        with db.fence().request(user=org.owner) as conn:
+            api.grant_role(conn, user, "project_admin", project.id)
+        assert api.trace_access(in_flight, project.id)["traces:read:prod"] is False
+        assert in_flight.execute("SELECT count(*) FROM telemetry.traces").fetchone() == (0,)
+    with db.fence().request(user=user) as conn:
+        assert api.trace_access(conn, project.id)["traces:read:prod"] is True
+        assert api.explain(conn, user, project.id, "traces:read:prod")[0].role == "project_admin"
+    assert trace in visible_traces(db, user=user)
