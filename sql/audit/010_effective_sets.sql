@@ -2,13 +2,14 @@
 -- that can change a principal's effective set takes a snapshot before and after and records
 -- one rbac_grant row per scope whose set differs — and none when nothing changed.
 
--- eff(P, X) for every resource X of an organisation where it is not empty, as
--- {"<resource id>": [permissions, sorted]}. `include_binding` counts P's binding at that
+-- eff(P, X) for every resource X at or below `scope` where it is not empty, as
+-- {"<resource id>": [permissions, sorted]}. A change to a binding or key at R can only change
+-- sets at R and below it, so callers pass R and pay for its subtree, not the organisation. `include_binding` counts P's binding at that
 -- resource as valid whatever its window (the moment before it expired); `exclude_binding`
 -- ignores it (the moment before it started).
 CREATE OR REPLACE FUNCTION iam.effective_sets(
     principal uuid,
-    organisation uuid,
+    scope uuid,
     at timestamptz,
     include_binding uuid DEFAULT NULL,
     exclude_binding uuid DEFAULT NULL
@@ -52,7 +53,7 @@ AS $$
             array_agg(DISTINCT g.permission ORDER BY g.permission) AS permissions
         FROM tenancy.resources AS r
         INNER JOIN grants AS g ON g.resource_id IN (r.id, r.workspace_id, r.organisation_id)
-        WHERE r.organisation_id = organisation
+        WHERE scope IN (r.id, r.workspace_id, r.organisation_id)
         GROUP BY r.id
     )
 
@@ -60,7 +61,7 @@ AS $$
     FROM sets
 $$;
 COMMENT ON FUNCTION iam.effective_sets(uuid, uuid, timestamptz, uuid, uuid) IS
-'eff(P, X) for every resource X of an organisation where it is not empty.';
+'eff(P, X) for every resource X at or below a scope where it is not empty.';
 
 -- Who is acting in the open request, for the audit row: (id, kind), or the back office.
 CREATE OR REPLACE FUNCTION audit.request_actor(OUT actor_id uuid, OUT actor_kind text)

@@ -13,7 +13,6 @@ DECLARE
     at timestamptz := statement_timestamp();
     binding record;
     key record;
-    organisation uuid;
     now_sets jsonb;
     recorded integer := 0;
     n integer;
@@ -25,11 +24,10 @@ BEGIN
         ORDER BY b.valid_until
         FOR UPDATE SKIP LOCKED
     LOOP
-        organisation := iam.organisation_of(binding.resource_id);
-        now_sets := iam.effective_sets(binding.principal_id, organisation, at);
+        now_sets := iam.effective_sets(binding.principal_id, binding.resource_id, at);
         SELECT count(*) INTO n FROM audit.record_rbac_changes(
             binding.principal_id,
-            iam.effective_sets(binding.principal_id, organisation, at, binding.resource_id),
+            iam.effective_sets(binding.principal_id, binding.resource_id, at, binding.resource_id),
             now_sets, 'binding_expired', binding.valid_until, NULL, 'system',
             jsonb_build_object('role', binding.role, 'resource', binding.resource_id,
                 'valid_until', binding.valid_until)
@@ -48,11 +46,10 @@ BEGIN
         ORDER BY b.valid_from
         FOR UPDATE SKIP LOCKED
     LOOP
-        organisation := iam.organisation_of(binding.resource_id);
         SELECT count(*) INTO n FROM audit.record_rbac_changes(
             binding.principal_id,
-            iam.effective_sets(binding.principal_id, organisation, at, NULL, binding.resource_id),
-            iam.effective_sets(binding.principal_id, organisation, at),
+            iam.effective_sets(binding.principal_id, binding.resource_id, at, NULL, binding.resource_id),
+            iam.effective_sets(binding.principal_id, binding.resource_id, at),
             'binding_started', binding.valid_from, NULL, 'system',
             jsonb_build_object('role', binding.role, 'resource', binding.resource_id,
                 'valid_from', binding.valid_from)
@@ -69,10 +66,9 @@ BEGIN
         ORDER BY k.expires_at
         FOR UPDATE SKIP LOCKED
     LOOP
-        organisation := iam.organisation_of(key.resource_id);
         SELECT count(*) INTO n FROM audit.record_rbac_changes(
             key.id,
-            iam.effective_sets(key.id, organisation, key.expires_at - interval '1 microsecond'),
+            iam.effective_sets(key.id, key.resource_id, key.expires_at - interval '1 microsecond'),
             '{}', 'key_expired', key.expires_at, NULL, 'system',
             jsonb_build_object('resource', key.resource_id, 'expires_at', key.expires_at)
         );

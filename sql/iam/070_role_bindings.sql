@@ -132,7 +132,7 @@ BEGIN
         END IF;
     END IF;
 
-    before := iam.effective_sets(principal, resource_row.organisation_id, at);
+    before := iam.effective_sets(principal, resource, at);
     INSERT INTO iam.role_bindings AS b (
         principal_id, resource_id, tier, role, valid_from, valid_until, granted_by, granted_at
     )
@@ -150,7 +150,7 @@ BEGIN
     -- One row per scope whose effective set changed; the caller gets the one at `resource`.
     SELECT c.* INTO event
     FROM audit.record_rbac_changes(
-        principal, before, iam.effective_sets(principal, resource_row.organisation_id, at),
+        principal, before, iam.effective_sets(principal, resource, at),
         CASE WHEN existing.role IS NULL THEN 'binding_created' ELSE 'binding_changed' END,
         at, (audit.request_actor()).actor_id, (audit.request_actor()).actor_kind,
         jsonb_build_object('role', role, 'resource', resource, 'valid_from', valid_from,
@@ -172,7 +172,6 @@ AS $$
 DECLARE
     at timestamptz := statement_timestamp();
     existing iam.role_bindings;
-    organisation uuid;
     before jsonb;
     event audit.events;
 BEGIN
@@ -188,12 +187,11 @@ BEGIN
     IF existing.role = 'org_owner' AND existing.valid_until IS NULL THEN
         PERFORM iam.require_other_owner(resource, principal);
     END IF;
-    SELECT r.organisation_id INTO organisation FROM tenancy.resources AS r WHERE r.id = resource;
-    before := iam.effective_sets(principal, organisation, at);
+    before := iam.effective_sets(principal, resource, at);
     DELETE FROM iam.role_bindings AS b WHERE b.principal_id = principal AND b.resource_id = resource;
     SELECT c.* INTO event
     FROM audit.record_rbac_changes(
-        principal, before, iam.effective_sets(principal, organisation, at), 'binding_removed',
+        principal, before, iam.effective_sets(principal, resource, at), 'binding_removed',
         at, (audit.request_actor()).actor_id, (audit.request_actor()).actor_kind,
         jsonb_build_object('role', existing.role, 'resource', resource)
     ) AS c

@@ -93,7 +93,7 @@ BEGIN
     SELECT to_jsonb(c.*) INTO audit_event
     FROM audit.record_rbac_changes(
         create_api_key.key_id, '{}',
-        iam.effective_sets(create_api_key.key_id, iam.organisation_of(resource), at), 'key_created',
+        iam.effective_sets(create_api_key.key_id, resource, at), 'key_created',
         at, (audit.request_actor()).actor_id, (audit.request_actor()).actor_kind,
         jsonb_build_object('name', name, 'resource', resource, 'scopes', to_jsonb(clean_scopes))
     ) AS c
@@ -140,7 +140,7 @@ BEGIN
     IF EXISTS (SELECT FROM iam.api_keys AS k WHERE k.id = key_id AND k.revoked_at IS NOT NULL) THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('API key %s is revoked', key_id);
     END IF;
-    before := iam.effective_sets(key_id, iam.organisation_of(resource), at);
+    before := iam.effective_sets(key_id, resource, at);
     DELETE FROM iam.api_key_scopes AS s
     WHERE s.key_id = set_api_key_scopes.key_id AND NOT s.permission = ANY(clean_scopes);
     INSERT INTO iam.api_key_scopes (key_id, permission)
@@ -148,7 +148,7 @@ BEGIN
     ON CONFLICT DO NOTHING;
     SELECT c.* INTO event
     FROM audit.record_rbac_changes(
-        key_id, before, iam.effective_sets(key_id, iam.organisation_of(resource), at),
+        key_id, before, iam.effective_sets(key_id, resource, at),
         'key_scopes_edited', at, (audit.request_actor()).actor_id, (audit.request_actor()).actor_kind,
         jsonb_build_object('scopes', to_jsonb(clean_scopes))
     ) AS c
@@ -167,14 +167,14 @@ AS $$
 DECLARE
     at timestamptz := statement_timestamp();
     resource uuid := iam.lock_api_key(key_id, '{}');
-    before jsonb := iam.effective_sets(key_id, iam.organisation_of(resource), at);
+    before jsonb := iam.effective_sets(key_id, resource, at);
     event audit.events;
 BEGIN
     UPDATE iam.api_keys AS k SET revoked_at = at
     WHERE k.id = key_id AND k.revoked_at IS NULL;
     SELECT c.* INTO event
     FROM audit.record_rbac_changes(
-        key_id, before, iam.effective_sets(key_id, iam.organisation_of(resource), at),
+        key_id, before, iam.effective_sets(key_id, resource, at),
         'key_revoked', at, (audit.request_actor()).actor_id, (audit.request_actor()).actor_kind
     ) AS c
     WHERE c.scope_id = resource;

@@ -216,7 +216,7 @@ BEGIN
         INNER JOIN tenancy.resources AS r ON r.id = k.resource_id
         WHERE r.organisation_id = organisation
     LOOP
-        before := iam.effective_sets(principal, organisation, at);
+        before := iam.effective_sets(principal, resource, at);
         SELECT count(*) INTO n FROM audit.record_rbac_changes(
             principal, before, before - doomed, cause, at,
             (audit.request_actor()).actor_id, (audit.request_actor()).actor_kind,
