@@ -34,6 +34,37 @@ BEGIN
 END
 $$;
 
+-- The context a setting value carries if this database signed it for this transaction, else
+-- NULL. Never raises: begin_request uses it to tell an open request from a planted value.
+CREATE OR REPLACE FUNCTION iam.verified_context(raw text)
+RETURNS jsonb
+LANGUAGE plpgsql
+STABLE SECURITY DEFINER PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    payload text := left(raw, -65);
+    expected text;
+    context jsonb;
+BEGIN
+    IF raw IS NULL OR length(raw) < 66 OR substr(raw, length(raw) - 64, 1) <> '.' THEN
+        RETURN NULL;
+    END IF;
+    SELECT encode(iam.hmac_sha256(k.inner_pad, k.outer_pad, convert_to(payload, 'UTF8')), 'hex')
+    INTO STRICT expected
+    FROM iam.request_signing_key AS k;
+    -- Compare digests, not the strings, so the comparison time says nothing about the key.
+    IF sha256(convert_to(right(raw, 64), 'UTF8')) <> sha256(convert_to(expected, 'UTF8')) THEN
+        RETURN NULL;
+    END IF;
+    context := payload::jsonb;
+    IF context ->> 'binding' IS DISTINCT FROM iam.request_binding() THEN
+        RETURN NULL;
+    END IF;
+    RETURN context;
+END
+$$;
+
 -- The verified context of the open request, or NULL when none is open. A value that is not
 -- one this database signed for this transaction raises 28000 instead of being ignored, so a
 -- tampering attempt is loud.
@@ -45,31 +76,17 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     raw text := current_setting('tracefence.request', true);
-    payload text;
-    expected text;
     context jsonb;
 BEGIN
     IF raw IS NULL OR raw = '' THEN
         RETURN NULL;
     END IF;
-    payload := left(raw, -65);
-    SELECT encode(iam.hmac_sha256(k.inner_pad, k.outer_pad, convert_to(payload, 'UTF8')), 'hex')
-    INTO STRICT expected
-    FROM iam.request_signing_key AS k;
-    -- Compare digests, not the strings, so the comparison time says nothing about the key.
-    IF length(raw) < 66 OR substr(raw, length(raw) - 64, 1) <> '.'
-        OR sha256(convert_to(right(raw, 64), 'UTF8')) <> sha256(convert_to(expected, 'UTF8'))
-    THEN
+    context := iam.verified_context(raw);
+    IF context IS NULL THEN
         RAISE EXCEPTION USING
             ERRCODE = '28000',
-            MESSAGE = 'request context is not valid: it was not opened by iam.begin_request',
-            HINT = 'open a request with iam.begin_request(credential) in this transaction';
-    END IF;
-    context := payload::jsonb;
-    IF context ->> 'binding' IS DISTINCT FROM iam.request_binding() THEN
-        RAISE EXCEPTION USING
-            ERRCODE = '28000',
-            MESSAGE = 'request context is not valid: it belongs to another transaction',
+            MESSAGE = 'request context is not valid: it was not opened by iam.begin_request '
+                || 'in this transaction',
             HINT = 'open a request with iam.begin_request(credential) in this transaction';
     END IF;
     RETURN context;
@@ -108,6 +125,7 @@ $$;
 
 REVOKE ALL ON FUNCTION iam.request_binding() FROM public;
 REVOKE ALL ON FUNCTION iam.store_request_context(jsonb) FROM public;
+REVOKE ALL ON FUNCTION iam.verified_context(text) FROM public;
 REVOKE ALL ON FUNCTION iam.request_context() FROM public;
 REVOKE ALL ON FUNCTION iam.granting_resources(jsonb, text) FROM public;
 REVOKE ALL ON FUNCTION iam.extend_request(jsonb) FROM public;

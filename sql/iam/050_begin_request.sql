@@ -60,7 +60,9 @@ DECLARE
     principal_kind text;
     grants jsonb;
 BEGIN
-    IF coalesce(current_setting('tracefence.request', true), '') <> '' THEN
+    -- Only a context this transaction really opened counts; anything else in the setting
+    -- (a value planted at session level, say) is overwritten, not obeyed.
+    IF iam.verified_context(current_setting('tracefence.request', true)) IS NOT NULL THEN
         RAISE EXCEPTION USING
             ERRCODE = '25001',
             MESSAGE = 'a request is already open in this transaction',

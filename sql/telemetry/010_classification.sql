@@ -2,6 +2,25 @@
 -- production, from its environment's flag at the moment of insert. A span takes project,
 -- environment and classification from its trace. None of these ever change afterwards.
 
+
+-- These triggers run before the row-level security check, as the owner, so they must not
+-- tell a writer anything about rows it may not write: a missing environment or trace and one
+-- in another tenant's project produce the same outcome (the fence's 42501, or a foreign-key
+-- error after it). A contradiction is reported as such (23514) only to a writer of the
+-- project, or to the package owner; the permission is looked up only on that error path.
+
+-- May whoever is inserting write traces of `project`? The owner and superusers may; a request
+-- may where it holds traces:write.
+CREATE OR REPLACE FUNCTION telemetry.may_report_on(project uuid)
+RETURNS boolean
+LANGUAGE sql
+STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_has_role(session_user, 'tracefence_owner', 'MEMBER')
+        OR project = ANY(iam.permitted_projects('traces:write'))
+$$;
+
 CREATE OR REPLACE FUNCTION telemetry.classify_trace()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -11,30 +30,44 @@ AS $$
 DECLARE
     flag boolean;
 BEGIN
-    IF NEW.project_id IS NULL OR NEW.environment_id IS NULL THEN
-        RETURN NEW;  -- the NOT NULL constraints name the missing column
-    END IF;
     SELECT e.is_production INTO flag
     FROM tenancy.environments AS e
     WHERE e.id = NEW.environment_id AND e.project_id = NEW.project_id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION USING
-            ERRCODE = '23503',
-            MESSAGE = format(
-                'environment %s is not an environment of project %s', NEW.environment_id, NEW.project_id
-            );
+        -- Let the fence, then the foreign key (project_id, environment_id), reject the row.
+        NEW.is_production := coalesce(NEW.is_production, false);
+        RETURN NEW;
     END IF;
     IF NEW.is_production IS NOT NULL AND NEW.is_production IS DISTINCT FROM flag THEN
-        RAISE EXCEPTION USING
-            ERRCODE = '23514',
-            MESSAGE = format(
-                'is_production = %s contradicts environment %s, whose is_production is %s',
-                NEW.is_production, NEW.environment_id, flag
-            ),
-            HINT = 'omit is_production: the database classifies traces at capture time';
+        IF telemetry.may_report_on(NEW.project_id) THEN
+            RAISE EXCEPTION USING
+                ERRCODE = '23514',
+                MESSAGE = format(
+                    'is_production = %s contradicts environment %s, whose is_production is %s',
+                    NEW.is_production, NEW.environment_id, flag
+                ),
+                HINT = 'omit is_production: the database classifies traces at capture time';
+        END IF;
+        RETURN NEW;  -- not the writer's project: the fence rejects the row as named
     END IF;
     NEW.is_production := flag;
     RETURN NEW;
+END
+$$;
+
+-- A span whose trace is not in the project it names (or in any): fill the stamped columns
+-- with placeholders so that, after the fence, the foreign key (project_id, trace_id) rejects
+-- it with 23503 whether or not the trace exists elsewhere. The row is never stored.
+CREATE OR REPLACE FUNCTION telemetry.unplaceable_span(span telemetry.spans)
+RETURNS telemetry.spans
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    span.environment_id := coalesce(span.environment_id, '00000000-0000-0000-0000-000000000000');
+    span.is_production := coalesce(span.is_production, false);
+    RETURN span;
 END
 $$;
 
@@ -47,25 +80,28 @@ AS $$
 DECLARE
     trace record;
 BEGIN
-    IF NEW.trace_id IS NULL THEN
-        RETURN NEW;
-    END IF;
     SELECT t.project_id, t.environment_id, t.is_production INTO trace
     FROM telemetry.traces AS t
     WHERE t.id = NEW.trace_id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION USING
-            ERRCODE = '23503', MESSAGE = format('trace %s does not exist', NEW.trace_id);
+        RETURN telemetry.unplaceable_span(NEW);
     END IF;
     IF (NEW.project_id IS NOT NULL AND NEW.project_id IS DISTINCT FROM trace.project_id)
         OR (NEW.environment_id IS NOT NULL AND NEW.environment_id IS DISTINCT FROM trace.environment_id)
         OR (NEW.is_production IS NOT NULL AND NEW.is_production IS DISTINCT FROM trace.is_production)
     THEN
-        RAISE EXCEPTION USING
-            ERRCODE = '23514',
-            MESSAGE = format('span contradicts trace %s: project, environment and is_production come from the trace',
-                NEW.trace_id),
-            HINT = 'omit project_id, environment_id and is_production on spans';
+        IF telemetry.may_report_on(trace.project_id) THEN
+            RAISE EXCEPTION USING
+                ERRCODE = '23514',
+                MESSAGE = format(
+                    'span contradicts trace %s: project, environment and is_production come from the trace',
+                    NEW.trace_id
+                ),
+                HINT = 'omit project_id, environment_id and is_production on spans';
+        END IF;
+        IF NEW.project_id IS NOT NULL AND NEW.project_id IS DISTINCT FROM trace.project_id THEN
+            RETURN telemetry.unplaceable_span(NEW);
+        END IF;
     END IF;
     NEW.project_id := trace.project_id;
     NEW.environment_id := trace.environment_id;
@@ -101,6 +137,8 @@ BEGIN
 END
 $$;
 
+REVOKE ALL ON FUNCTION telemetry.may_report_on(uuid) FROM public;
+REVOKE ALL ON FUNCTION telemetry.unplaceable_span(telemetry.spans) FROM public;
 REVOKE ALL ON FUNCTION telemetry.classify_trace() FROM public;
 REVOKE ALL ON FUNCTION telemetry.stamp_span() FROM public;
 REVOKE ALL ON FUNCTION telemetry.keep_capture_scope() FROM public;
