@@ -44,7 +44,8 @@ CREATE TABLE audit.events (
     cause text NOT NULL CHECK (cause IN (
         'binding_created', 'binding_changed', 'binding_removed', 'binding_expired',
         'binding_started', 'key_created', 'key_scopes_edited', 'key_revoked', 'key_expired',
-        'principal_removed', 'workspace_deleted', 'project_deleted', 'environment_flipped'
+        'principal_removed', 'workspace_created', 'workspace_deleted', 'project_created',
+        'project_deleted', 'environment_flipped'
     )),
     detail jsonb NOT NULL DEFAULT '{}',
     CONSTRAINT events_rbac_shape CHECK (

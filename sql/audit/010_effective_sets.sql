@@ -4,15 +4,15 @@
 
 -- eff(P, X) for every resource X at or below `scope` where it is not empty, as
 -- {"<resource id>": [permissions, sorted]}. A change to a binding or key at R can only change
--- sets at R and below it, so callers pass R and pay for its subtree, not the organisation. `include_binding` counts P's binding at that
--- resource as valid whatever its window (the moment before it expired); `exclude_binding`
--- ignores it (the moment before it started).
+-- sets at R and below it, so callers pass R and pay for its subtree, not the organisation.
+-- With `as_recorded`, windows are read as the audit log knows them: a binding counts from its
+-- recorded start until its recorded expiry, a key until its recorded expiry — this is what the
+-- sweep compares when it records a start or an expiry.
 CREATE OR REPLACE FUNCTION iam.effective_sets(
     principal uuid,
     scope uuid,
     at timestamptz,
-    include_binding uuid DEFAULT NULL,
-    exclude_binding uuid DEFAULT NULL
+    as_recorded boolean DEFAULT FALSE
 )
 RETURNS jsonb
 LANGUAGE sql
@@ -27,14 +27,14 @@ AS $$
         INNER JOIN iam.role_permissions AS rp ON b.role = rp.role
         WHERE
             b.principal_id = principal
-            AND b.resource_id IS DISTINCT FROM exclude_binding
-            AND (
-                b.resource_id = include_binding
-                OR (
+            AND CASE
+                WHEN as_recorded THEN
+                    (b.valid_from IS NULL OR b.valid_from <= b.granted_at OR b.start_recorded_at IS NOT NULL)
+                    AND b.expiry_recorded_at IS NULL
+                ELSE
                     (b.valid_from IS NULL OR b.valid_from <= at)
                     AND (b.valid_until IS NULL OR b.valid_until > at)
-                )
-            )
+            END
         UNION ALL
         SELECT
             k.resource_id,
@@ -44,7 +44,10 @@ AS $$
         WHERE
             k.id = principal
             AND k.revoked_at IS NULL
-            AND (k.expires_at IS NULL OR k.expires_at > at)
+            AND CASE
+                WHEN as_recorded THEN k.expiry_recorded_at IS NULL
+                ELSE k.expires_at IS NULL OR k.expires_at > at
+            END
     ),
 
     sets AS (
@@ -60,7 +63,7 @@ AS $$
     SELECT coalesce(jsonb_object_agg(sets.id, to_jsonb(sets.permissions)), '{}')
     FROM sets
 $$;
-COMMENT ON FUNCTION iam.effective_sets(uuid, uuid, timestamptz, uuid, uuid) IS
+COMMENT ON FUNCTION iam.effective_sets(uuid, uuid, timestamptz, boolean) IS
 'eff(P, X) for every resource X at or below a scope where it is not empty.';
 
 -- Who is acting in the open request, for the audit row: (id, kind), or the back office.
@@ -125,7 +128,7 @@ AS $$
     RETURNING e.*
 $$;
 
-REVOKE ALL ON FUNCTION iam.effective_sets(uuid, uuid, timestamptz, uuid, uuid) FROM public;
+REVOKE ALL ON FUNCTION iam.effective_sets(uuid, uuid, timestamptz, boolean) FROM public;
 REVOKE ALL ON FUNCTION audit.request_actor() FROM public;
 REVOKE ALL ON FUNCTION audit.record_rbac_changes(uuid, jsonb, jsonb, text, timestamptz, uuid, text, jsonb)
 FROM public;

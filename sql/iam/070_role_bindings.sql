@@ -132,6 +132,7 @@ BEGIN
         END IF;
     END IF;
 
+    PERFORM iam.sweep_principal(principal);
     before := iam.effective_sets(principal, resource, at);
     INSERT INTO iam.role_bindings AS b (
         principal_id, resource_id, tier, role, valid_from, valid_until, granted_by, granted_at
@@ -187,6 +188,7 @@ BEGIN
     IF existing.role = 'org_owner' AND existing.valid_until IS NULL THEN
         PERFORM iam.require_other_owner(resource, principal);
     END IF;
+    PERFORM iam.sweep_principal(principal);
     before := iam.effective_sets(principal, resource, at);
     DELETE FROM iam.role_bindings AS b WHERE b.principal_id = principal AND b.resource_id = resource;
     SELECT c.* INTO event

@@ -140,6 +140,7 @@ BEGIN
     IF EXISTS (SELECT FROM iam.api_keys AS k WHERE k.id = key_id AND k.revoked_at IS NOT NULL) THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('API key %s is revoked', key_id);
     END IF;
+    PERFORM iam.sweep_principal(key_id);
     before := iam.effective_sets(key_id, resource, at);
     DELETE FROM iam.api_key_scopes AS s
     WHERE s.key_id = set_api_key_scopes.key_id AND NOT s.permission = ANY(clean_scopes);
@@ -167,9 +168,11 @@ AS $$
 DECLARE
     at timestamptz := statement_timestamp();
     resource uuid := iam.lock_api_key(key_id, '{}');
-    before jsonb := iam.effective_sets(key_id, resource, at);
+    before jsonb;
     event audit.events;
 BEGIN
+    PERFORM iam.sweep_principal(key_id);
+    before := iam.effective_sets(key_id, resource, at);
     UPDATE iam.api_keys AS k SET revoked_at = at
     WHERE k.id = key_id AND k.revoked_at IS NULL;
     SELECT c.* INTO event

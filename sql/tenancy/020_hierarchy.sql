@@ -40,6 +40,42 @@ $$;
 COMMENT ON FUNCTION tenancy.create_organisation(text, text) IS
 'Create an organisation; the calling user becomes its org_owner.';
 
+-- A new workspace or project is a new scope: every principal whose role or key cascades into
+-- it now holds a set there, and each such set is recorded (cause workspace_created or
+-- project_created), so the log replays to the current sets at every scope.
+CREATE OR REPLACE FUNCTION tenancy.record_new_scope(resource uuid, cause text)
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    at timestamptz := statement_timestamp();
+    scope tenancy.resources;
+    principal uuid;
+    recorded integer := 0;
+    n integer;
+BEGIN
+    SELECT r.* INTO STRICT scope FROM tenancy.resources AS r WHERE r.id = resource;
+    FOR principal IN
+        SELECT b.principal_id FROM iam.role_bindings AS b
+        WHERE b.resource_id IN (scope.organisation_id, scope.workspace_id)
+        UNION
+        SELECT k.id FROM iam.api_keys AS k
+        WHERE k.resource_id IN (scope.organisation_id, scope.workspace_id)
+    LOOP
+        PERFORM iam.sweep_principal(principal);
+        SELECT count(*) INTO n FROM audit.record_rbac_changes(
+            principal, '{}', iam.effective_sets(principal, resource, at), cause, at,
+            (audit.request_actor()).actor_id, (audit.request_actor()).actor_kind,
+            jsonb_build_object('created', resource)
+        );
+        recorded := recorded + n;
+    END LOOP;
+    RETURN recorded;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION tenancy.create_workspace(organisation uuid, slug text, name text)
 RETURNS uuid
 LANGUAGE plpgsql
@@ -67,6 +103,7 @@ BEGIN
     VALUES (workspace, 'workspace', organisation, workspace);
     INSERT INTO tenancy.workspaces (id, organisation_id, slug, name)
     VALUES (workspace, organisation, slug, name);
+    PERFORM tenancy.record_new_scope(workspace, 'workspace_created');
     RETURN workspace;
 END
 $$;
@@ -102,6 +139,7 @@ BEGIN
     VALUES (project, 'project', organisation, workspace);
     INSERT INTO tenancy.projects (id, organisation_id, workspace_id, slug, name)
     VALUES (project, organisation, workspace, slug, name);
+    PERFORM tenancy.record_new_scope(project, 'project_created');
     RETURN project;
 END
 $$;
@@ -216,6 +254,7 @@ BEGIN
         INNER JOIN tenancy.resources AS r ON r.id = k.resource_id
         WHERE r.organisation_id = organisation
     LOOP
+        PERFORM iam.sweep_principal(principal);
         before := iam.effective_sets(principal, resource, at);
         SELECT count(*) INTO n FROM audit.record_rbac_changes(
             principal, before, before - doomed, cause, at,
@@ -269,6 +308,7 @@ REVOKE ALL ON FUNCTION tenancy.create_workspace(uuid, text, text) FROM public;
 REVOKE ALL ON FUNCTION tenancy.create_project(uuid, text, text) FROM public;
 REVOKE ALL ON FUNCTION tenancy.create_environment(uuid, text, boolean) FROM public;
 REVOKE ALL ON FUNCTION tenancy.set_environment_production(uuid, boolean) FROM public;
+REVOKE ALL ON FUNCTION tenancy.record_new_scope(uuid, text) FROM public;
 REVOKE ALL ON FUNCTION tenancy.delete_resource(uuid, text, text) FROM public;
 REVOKE ALL ON FUNCTION tenancy.delete_project(uuid) FROM public;
 REVOKE ALL ON FUNCTION tenancy.delete_workspace(uuid) FROM public;
