@@ -39,8 +39,8 @@ CREATE TABLE audit.events (
     organisation_id uuid NOT NULL,
     workspace_id uuid,
     project_id uuid,
-    prior_permissions text [],
-    new_permissions text [],
+    prior_permissions text[],
+    new_permissions text[],
     cause text NOT NULL CHECK (cause IN (
         'binding_created', 'binding_changed', 'binding_removed', 'binding_expired',
         'binding_started', 'key_created', 'key_scopes_edited', 'key_revoked', 'key_expired',

@@ -39,7 +39,7 @@ COMMENT ON FUNCTION iam.effective_permission_set(uuid, uuid, timestamptz) IS
 -- The API: a principal's effective permissions at a resource now. Anyone may ask about
 -- themselves; asking about another user needs members:read there, about a key api-keys:read.
 CREATE OR REPLACE FUNCTION iam.effective_permissions(principal uuid, resource uuid)
-RETURNS text []
+RETURNS text[]
 LANGUAGE plpgsql
 STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp

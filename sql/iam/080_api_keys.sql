@@ -69,7 +69,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     at timestamptz := statement_timestamp();
-    clean_scopes text [] := iam.valid_scopes(scopes);
+    clean_scopes text[] := iam.valid_scopes(scopes);
     actor uuid;
 BEGIN
     IF name IS NULL OR length(name) NOT BETWEEN 1 AND 200 THEN
@@ -132,7 +132,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     at timestamptz := statement_timestamp();
-    clean_scopes text [] := iam.valid_scopes(scopes);
+    clean_scopes text[] := iam.valid_scopes(scopes);
     resource uuid := iam.lock_api_key(key_id, clean_scopes);
     before jsonb;
     event audit.events;

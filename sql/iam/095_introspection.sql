@@ -146,7 +146,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     at timestamptz := statement_timestamp();
-    readable uuid [];
+    readable uuid[];
 BEGIN
     PERFORM iam.require_request();
     SELECT array_agg(r.id) INTO readable

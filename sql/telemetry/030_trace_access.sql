@@ -7,7 +7,7 @@ STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    held text [];
+    held text[];
 BEGIN
     PERFORM iam.require_request();
     held := iam.request_permissions(project);

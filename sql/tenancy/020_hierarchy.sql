@@ -235,7 +235,7 @@ AS $$
 DECLARE
     at timestamptz := statement_timestamp();
     organisation uuid := iam.organisation_of(resource);
-    doomed text [];
+    doomed text[];
     principal uuid;
     before jsonb;
     recorded integer := 0;
