@@ -40,9 +40,41 @@ $$;
 COMMENT ON FUNCTION tenancy.create_organisation(text, text) IS
 'Create an organisation; the calling user becomes its org_owner.';
 
+-- Principals bound (by a role or a key) at the given organisation or workspace: the ones a
+-- new scope below it will cascade to.
+CREATE OR REPLACE FUNCTION tenancy.principals_bound_at(organisation uuid, workspace uuid)
+RETURNS SETOF uuid
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT b.principal_id FROM iam.role_bindings AS b
+    WHERE b.resource_id IN (organisation, workspace)
+    UNION
+    SELECT k.id FROM iam.api_keys AS k
+    WHERE k.resource_id IN (organisation, workspace)
+$$;
+
 -- A new workspace or project is a new scope: every principal whose role or key cascades into
 -- it now holds a set there, and each such set is recorded (cause workspace_created or
--- project_created), so the log replays to the current sets at every scope.
+-- project_created), so the log replays to the current sets at every scope. The callers sweep
+-- those principals before the scope exists (tenancy.sweep_bound_at), so a pending expiry is
+-- recorded over the subtree the log knew, not over the new scope.
+CREATE OR REPLACE FUNCTION tenancy.sweep_bound_at(organisation uuid, workspace uuid)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    principal uuid;
+BEGIN
+    FOR principal IN SELECT tenancy.principals_bound_at(organisation, workspace) LOOP
+        PERFORM iam.sweep_principal(principal);
+    END LOOP;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION tenancy.record_new_scope(resource uuid, cause text)
 RETURNS integer
 LANGUAGE plpgsql
@@ -57,14 +89,7 @@ DECLARE
     n integer;
 BEGIN
     SELECT r.* INTO STRICT scope FROM tenancy.resources AS r WHERE r.id = resource;
-    FOR principal IN
-        SELECT b.principal_id FROM iam.role_bindings AS b
-        WHERE b.resource_id IN (scope.organisation_id, scope.workspace_id)
-        UNION
-        SELECT k.id FROM iam.api_keys AS k
-        WHERE k.resource_id IN (scope.organisation_id, scope.workspace_id)
-    LOOP
-        PERFORM iam.sweep_principal(principal);
+    FOR principal IN SELECT tenancy.principals_bound_at(scope.organisation_id, scope.workspace_id) LOOP
         SELECT count(*) INTO n FROM audit.record_rbac_changes(
             principal, '{}', iam.effective_sets(principal, resource, at), cause, at,
             (audit.request_actor()).actor_id, (audit.request_actor()).actor_kind,
@@ -99,6 +124,7 @@ BEGIN
         RAISE EXCEPTION USING
             ERRCODE = '23505', MESSAGE = format('workspace slug %s is taken in this organisation', slug);
     END IF;
+    PERFORM tenancy.sweep_bound_at(organisation, NULL);
     INSERT INTO tenancy.resources (id, tier, organisation_id, workspace_id)
     VALUES (workspace, 'workspace', organisation, workspace);
     INSERT INTO tenancy.workspaces (id, organisation_id, slug, name)
@@ -135,6 +161,7 @@ BEGIN
         RAISE EXCEPTION USING
             ERRCODE = '23505', MESSAGE = format('project slug %s is taken in this workspace', slug);
     END IF;
+    PERFORM tenancy.sweep_bound_at(organisation, workspace);
     INSERT INTO tenancy.resources (id, tier, organisation_id, workspace_id)
     VALUES (project, 'project', organisation, workspace);
     INSERT INTO tenancy.projects (id, organisation_id, workspace_id, slug, name)
@@ -308,6 +335,8 @@ REVOKE ALL ON FUNCTION tenancy.create_workspace(uuid, text, text) FROM public;
 REVOKE ALL ON FUNCTION tenancy.create_project(uuid, text, text) FROM public;
 REVOKE ALL ON FUNCTION tenancy.create_environment(uuid, text, boolean) FROM public;
 REVOKE ALL ON FUNCTION tenancy.set_environment_production(uuid, boolean) FROM public;
+REVOKE ALL ON FUNCTION tenancy.principals_bound_at(uuid, uuid) FROM public;
+REVOKE ALL ON FUNCTION tenancy.sweep_bound_at(uuid, uuid) FROM public;
 REVOKE ALL ON FUNCTION tenancy.record_new_scope(uuid, text) FROM public;
 REVOKE ALL ON FUNCTION tenancy.delete_resource(uuid, text, text) FROM public;
 REVOKE ALL ON FUNCTION tenancy.delete_project(uuid) FROM public;
