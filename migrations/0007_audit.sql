@@ -129,3 +129,14 @@ ADD COLUMN start_recorded_at timestamptz;
 ALTER TABLE iam.api_keys ADD COLUMN expiry_recorded_at timestamptz;
 CREATE INDEX role_bindings_valid_until_idx ON iam.role_bindings (valid_until)
 WHERE valid_until IS NOT NULL AND expiry_recorded_at IS NULL;
+
+RESET ROLE;
+-- A non-superuser migrator needed tracefence_audit only to create the objects above: give it
+-- back, so that nobody can later act as the owner of the audit log.
+DO $revoke$
+BEGIN
+    IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
+        EXECUTE pg_catalog.format('REVOKE tracefence_audit FROM %I', current_user);
+    END IF;
+END
+$revoke$;

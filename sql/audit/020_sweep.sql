@@ -6,8 +6,30 @@
 -- The log must replay: every row's prior set is what the rows before it say. So a principal's
 -- pending starts and expiries are recorded, in time order, before any other change to that
 -- principal is recorded (every access-changing call sweeps its principal first), and the sets
--- compared are the ones the log knows (effective_sets(..., as_recorded)). A per-principal
--- advisory lock serialises sweeps and changes of one principal.
+-- compared are the ones the log knows (effective_sets(..., as_recorded)). A lock on the
+-- principal's row (which the application role cannot take) serialises sweeps and changes of
+-- one principal, and changes run at READ COMMITTED so each statement sees the last commit.
+
+-- Lock a principal for an access change; refuse isolation levels under which two concurrent
+-- changes could each compute their audit rows from a stale snapshot.
+CREATE OR REPLACE FUNCTION iam.lock_principal(principal uuid)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '25001',
+            MESSAGE = format(
+                'access changes run at READ COMMITTED, not %s', current_setting('transaction_isolation')
+            ),
+            HINT = 'open the request in a READ COMMITTED transaction';
+    END IF;
+    PERFORM FROM iam.principals AS p WHERE p.id = principal FOR UPDATE;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION iam.sweep_principal(principal uuid)
 RETURNS integer
@@ -22,7 +44,7 @@ DECLARE
     recorded integer := 0;
     n integer;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtextextended('tracefence.principal:' || principal::text, 0));
+    PERFORM iam.lock_principal(principal);
     FOR pending IN
         SELECT 'binding_started' AS cause, b.resource_id, b.valid_from AS happened_at, b.role
         FROM iam.role_bindings AS b
@@ -86,7 +108,10 @@ BEGIN
         SELECT k.id FROM iam.api_keys AS k
         WHERE k.expires_at <= at AND k.expiry_recorded_at IS NULL AND k.revoked_at IS NULL
     LOOP
-        IF pg_try_advisory_xact_lock(hashtextextended('tracefence.principal:' || principal::text, 0)) THEN
+        -- Skip a principal another transaction is sweeping or changing: it records it there.
+        IF EXISTS (
+            SELECT FROM iam.principals AS p WHERE p.id = principal FOR UPDATE SKIP LOCKED
+        ) THEN
             recorded := recorded + iam.sweep_principal(principal);
         END IF;
     END LOOP;
@@ -139,6 +164,7 @@ END
 $$;
 COMMENT ON FUNCTION iam.delete_user(uuid) IS 'Back office: remove a user; its lost access is audited.';
 
+REVOKE ALL ON FUNCTION iam.lock_principal(uuid) FROM public;
 REVOKE ALL ON FUNCTION iam.sweep_principal(uuid) FROM public;
 REVOKE ALL ON FUNCTION iam.sweep_expired() FROM public;
 REVOKE ALL ON FUNCTION iam.delete_user(uuid) FROM public;

@@ -29,7 +29,7 @@ BEGIN
 END
 $$;
 
--- Raise 23514 if `principal` holds the organisation's last non-expiring org_owner binding.
+-- Raise 23514 unless another active user holds a non-expiring org_owner binding in force.
 -- Locks the organisation so two concurrent removals cannot both pass.
 CREATE OR REPLACE FUNCTION iam.require_other_owner(organisation uuid, principal uuid)
 RETURNS void
@@ -39,14 +39,20 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM FROM tenancy.organisations AS o WHERE o.id = organisation FOR UPDATE;
+    -- Lock the owner bindings too: under any isolation a concurrent removal then conflicts.
+    PERFORM FROM iam.role_bindings AS b
+    WHERE b.resource_id = organisation AND b.role = 'org_owner'
+    FOR UPDATE;
     IF NOT EXISTS (
         SELECT FROM iam.role_bindings AS b
+        INNER JOIN iam.users AS u ON b.principal_id = u.id
         WHERE
             b.resource_id = organisation
             AND b.role = 'org_owner'
             AND b.principal_id <> principal
             AND b.valid_until IS NULL
             AND (b.valid_from IS NULL OR b.valid_from <= statement_timestamp())
+            AND u.disabled_at IS NULL
     ) THEN
         RAISE EXCEPTION USING
             ERRCODE = '23514',
@@ -82,7 +88,8 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown role: %L', role);
     END IF;
     PERFORM iam.require_permission(resource, 'members:write');
-    SELECT r.* INTO STRICT resource_row FROM tenancy.resources AS r WHERE r.id = resource;
+    -- FOR SHARE: a concurrent delete_project waits for this grant and then records it.
+    SELECT r.* INTO STRICT resource_row FROM tenancy.resources AS r WHERE r.id = resource FOR SHARE;
     IF resource_row.tier <> role_tier THEN
         RAISE EXCEPTION USING
             ERRCODE = '22023',
@@ -112,6 +119,8 @@ BEGIN
             DETAIL = 'missing permission: org:manage';
     END IF;
     PERFORM iam.require_role_permissions(resource, role, 'granting');
+    -- Record the principal's pending expiries and lock it before reading its binding here.
+    PERFORM iam.sweep_principal(principal);
 
     SELECT b.* INTO existing
     FROM iam.role_bindings AS b
@@ -125,14 +134,19 @@ BEGIN
             RETURN NULL;  -- already bound exactly so: nothing changes
         END IF;
         PERFORM iam.require_role_permissions(resource, existing.role, 'replacing');
+        -- An owner in force and permanent may be replaced only by the same: anything else
+        -- (another role, an end date, a start in the future) needs another owner.
         IF existing.role = 'org_owner' AND existing.valid_until IS NULL
-            AND (role <> 'org_owner' OR grant_role.valid_until IS NOT NULL)
+            AND (existing.valid_from IS NULL OR existing.valid_from <= at)
+            AND NOT (
+                role = 'org_owner' AND grant_role.valid_until IS NULL
+                AND (grant_role.valid_from IS NULL OR grant_role.valid_from <= at)
+            )
         THEN
             PERFORM iam.require_other_owner(resource, principal);
         END IF;
     END IF;
 
-    PERFORM iam.sweep_principal(principal);
     before := iam.effective_sets(principal, resource, at);
     INSERT INTO iam.role_bindings AS b (
         principal_id, resource_id, tier, role, valid_from, valid_until, granted_by, granted_at
@@ -177,18 +191,24 @@ DECLARE
     event audit.events;
 BEGIN
     PERFORM iam.require_permission(resource, 'members:write');
+    PERFORM FROM tenancy.resources AS r WHERE r.id = resource FOR SHARE;
+    IF NOT EXISTS (
+        SELECT FROM iam.role_bindings AS b WHERE b.principal_id = principal AND b.resource_id = resource
+    ) THEN
+        RETURN NULL;  -- nothing bound there: nothing changes
+    END IF;
+    PERFORM iam.sweep_principal(principal);
     SELECT b.* INTO existing
     FROM iam.role_bindings AS b
     WHERE b.principal_id = principal AND b.resource_id = resource
     FOR UPDATE;
     IF NOT FOUND THEN
-        RETURN NULL;  -- nothing bound there: nothing changes
+        RETURN NULL;
     END IF;
     PERFORM iam.require_role_permissions(resource, existing.role, 'removing');
     IF existing.role = 'org_owner' AND existing.valid_until IS NULL THEN
         PERFORM iam.require_other_owner(resource, principal);
     END IF;
-    PERFORM iam.sweep_principal(principal);
     before := iam.effective_sets(principal, resource, at);
     DELETE FROM iam.role_bindings AS b WHERE b.principal_id = principal AND b.resource_id = resource;
     SELECT c.* INTO event

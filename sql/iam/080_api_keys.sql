@@ -79,6 +79,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'expires_at must be in the future';
     END IF;
     actor := iam.require_key_authority(resource, clean_scopes);
+    PERFORM FROM tenancy.resources AS r WHERE r.id = resource FOR SHARE;
     key_id := gen_random_uuid();
     -- 244 random bits from two v4 UUIDs; tfk_ tells begin_request it is a key.
     secret := 'tfk_' || encode(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()), 'hex');
@@ -115,10 +116,17 @@ DECLARE
     found_key iam.api_keys;
 BEGIN
     PERFORM iam.require_request();
-    SELECT k.* INTO found_key FROM iam.api_keys AS k WHERE k.id = key_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown API key: %s', key_id);
+    SELECT k.* INTO found_key FROM iam.api_keys AS k WHERE k.id = key_id;
+    -- Missing, or not the caller's to manage: one error naming only the id it passed.
+    IF found_key.id IS NULL
+        OR NOT 'api-keys:write' = ANY(iam.request_permissions(found_key.resource_id))
+    THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '42501',
+            MESSAGE = format('permission api-keys:write is required for API key %s', key_id),
+            DETAIL = 'missing permission: api-keys:write';
     END IF;
+    SELECT k.* INTO found_key FROM iam.api_keys AS k WHERE k.id = key_id FOR UPDATE;
     PERFORM iam.require_key_authority(found_key.resource_id, scopes);
     RETURN found_key.resource_id;
 END

@@ -1,8 +1,9 @@
 -- Introspection: why a principal holds a permission (or not), and the team page's matrix.
 
--- May the open request look at `principal`'s access at `resource`? Itself always (an unknown
--- resource then simply grants nothing: errors must not confirm that a resource exists);
--- another user with members:read there; an API key with api-keys:read there.
+-- May the open request look at `principal`'s access at `resource`? About itself, where it holds
+-- anything at the resource; about another user, with members:read there; about an API key,
+-- with api-keys:read there and the key in the same organisation. Anything else — including
+-- a resource or principal that does not exist — is the same 42501, naming only what was asked.
 CREATE OR REPLACE FUNCTION iam.require_insight(principal uuid, resource uuid)
 RETURNS void
 LANGUAGE plpgsql
@@ -10,16 +11,28 @@ STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    principal_kind text;
+    needed text := 'projects:read';
+    allowed boolean;
 BEGIN
-    IF principal IS DISTINCT FROM iam.require_request() THEN
-        SELECT p.kind INTO principal_kind FROM iam.principals AS p WHERE p.id = principal;
-        PERFORM iam.require_permission(
-            resource, CASE WHEN principal_kind = 'api_key' THEN 'api-keys:read' ELSE 'members:read' END
+    IF principal IS NOT DISTINCT FROM iam.require_request() THEN
+        allowed := cardinality(iam.request_permissions(resource)) > 0;
+    ELSIF EXISTS (SELECT FROM iam.users AS u WHERE u.id = principal) THEN
+        needed := 'members:read';
+        allowed := needed = ANY(iam.request_permissions(resource));
+    ELSE
+        needed := 'api-keys:read';
+        allowed := needed = ANY(iam.request_permissions(resource)) AND EXISTS (
+            SELECT FROM iam.api_keys AS k
+            WHERE k.id = principal AND iam.organisation_of(k.resource_id) = iam.organisation_of(resource)
         );
-        IF principal_kind IS NULL THEN
-            RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown principal: %s', principal);
-        END IF;
+    END IF;
+    IF NOT allowed THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '42501',
+            MESSAGE = format(
+                'permission %s is required at resource %s to see the access of %s', needed, resource, principal
+            ),
+            DETAIL = format('missing permission: %s', needed);
     END IF;
 END
 $$;

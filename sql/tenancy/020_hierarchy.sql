@@ -221,8 +221,16 @@ BEGIN
     IF is_production IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'is_production must be true or false';
     END IF;
+    SELECT e.* INTO env FROM tenancy.environments AS e WHERE e.id = environment;
+    -- Missing, or not the caller's: one error naming only the id it passed.
+    IF env.id IS NULL OR NOT 'environments:write' = ANY(iam.request_permissions(env.project_id)) THEN
+        PERFORM iam.require_request();
+        RAISE EXCEPTION USING
+            ERRCODE = '42501',
+            MESSAGE = format('permission environments:write is required for environment %s', environment),
+            DETAIL = 'missing permission: environments:write';
+    END IF;
     SELECT e.* INTO env FROM tenancy.environments AS e WHERE e.id = environment FOR UPDATE;
-    PERFORM iam.require_permission(env.project_id, 'environments:write');
     IF env.is_production = set_environment_production.is_production THEN
         RETURN NULL;
     END IF;
@@ -269,6 +277,9 @@ DECLARE
     n integer;
 BEGIN
     PERFORM iam.require_permission(resource, permission);
+    -- Lock the subtree: a grant in flight there (it holds FOR SHARE) finishes first and is
+    -- then recorded as lost, never silently cascaded away.
+    PERFORM FROM tenancy.resources AS r WHERE resource IN (r.id, r.workspace_id) FOR UPDATE;
     SELECT array_agg(r.id::text) INTO doomed
     FROM tenancy.resources AS r
     WHERE resource IN (r.id, r.workspace_id);

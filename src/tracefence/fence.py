@@ -54,6 +54,17 @@ class Fence:
     def _connection(self) -> Iterator[Connection]:
         if isinstance(self._source, ConnectionPool):
             with self._source.connection() as conn:
+                # A pooled connection may carry session state planted by an earlier request
+                # (prepared statements that wrap begin_request, temp tables, settings):
+                # start every request from a clean session. Server-side prepared statements
+                # are session state too, so psycopg stops making them on this connection.
+                conn.prepare_threshold = None
+                autocommit = conn.autocommit
+                conn.autocommit = True
+                try:
+                    conn.execute("DISCARD ALL")
+                finally:
+                    conn.autocommit = autocommit
                 yield conn
         else:
             with psycopg.connect(self._source, autocommit=True) as conn:
@@ -71,7 +82,9 @@ class Fence:
         credential = self.credential_for(user=user, api_key=api_key)
         try:
             with self._connection() as conn, conn.transaction():
-                conn.execute("SELECT iam.begin_request(%s)", [credential])
+                # Never a prepared statement: nothing a previous user of the session defined
+                # may stand between the credential and the database.
+                conn.execute("SELECT iam.begin_request(%s)", [credential], prepare=False)
                 yield conn
         except psycopg.Error as error:
             raise from_database(error) from error

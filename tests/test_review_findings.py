@@ -1,0 +1,126 @@
+"""Attacks found by the security review, each proven closed."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from tests.world import Database, Org, build_org, visible_traces
+from tracefence import ConstraintViolation, Fence, PermissionDenied, RequestStateError, api
+
+
+@pytest.fixture
+def org(db: Database) -> Org:
+    return build_org(db, workspaces=1, projects_per_workspace=1)
+
+
+def test_a_pooled_session_cannot_hijack_the_next_begin_request(db: Database, org: Org) -> None:
+    """An injected PREPARE that wraps begin_request (psycopg prepares hot queries) would
+    steal the next user's credential; every pooled request starts from a clean session."""
+    project = org.projects[0]
+    db.insert_trace(project.id, project.production)
+    with ConnectionPool(db.app_conninfo, min_size=1, max_size=1, open=True) as pool:
+        fence = Fence(pool, user_token_secret=db.token_secret)
+        for _ in range(6):  # enough uses for psycopg to prepare its statements
+            with fence.request(user=org.owner) as conn:
+                conn.execute("SELECT 1")
+        with fence.request(user=org.owner) as conn:
+            conn.execute("CREATE TEMP TABLE loot (credential text)")
+            prepared = {r[0] for r in conn.execute("SELECT name FROM pg_prepared_statements")}
+            for name in prepared | {f"_pg3_{i}" for i in range(8)}:
+                if name in prepared:
+                    conn.execute(f'DEALLOCATE "{name}"'.encode())
+                conn.execute(
+                    f'PREPARE "{name}"(text) AS WITH s AS (INSERT INTO pg_temp.loot VALUES ($1)) '
+                    "SELECT iam.begin_request($1)".encode()
+                )
+            conn.execute("PREPARE stash AS SELECT 1")
+            conn.execute("SET SESSION default_transaction_isolation = 'repeatable read'")
+        with fence.request(user=org.owner) as conn:
+            assert conn.execute("SELECT to_regclass('pg_temp.loot')").fetchone() == (None,)
+            assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+            assert conn.execute("SHOW transaction_isolation").fetchone() == ("read committed",)
+            assert conn.execute("SELECT count(*) FROM telemetry.traces").fetchone() == (1,)
+
+
+def test_a_deferred_owner_binding_cannot_replace_the_last_owner(db: Database, org: Org) -> None:
+    before = db.snapshot()
+    with pytest.raises(ConstraintViolation), db.fence().request(user=org.owner) as conn:
+        api.grant_role(conn, org.owner, "org_owner", org.id, None,
+                       datetime.now(UTC) + timedelta(days=365))
+    assert db.snapshot() == before
+
+
+def test_a_disabled_owner_does_not_count_as_the_remaining_owner(db: Database, org: Org) -> None:
+    other = db.create_user()
+    with db.fence().request(user=org.owner) as conn:
+        api.grant_role(conn, other, "org_owner", org.id)
+    db.scalar("UPDATE iam.users SET disabled_at = now() WHERE id = %s RETURNING 1", [other])
+    with pytest.raises(ConstraintViolation), db.fence().request(user=org.owner) as conn:
+        api.revoke_role(conn, org.owner, org.id)
+
+
+def test_an_app_held_advisory_lock_cannot_stall_access_changes(db: Database, org: Org) -> None:
+    user = db.create_user()
+    attacker = db.app()
+    key = psycopg.sql.Literal("tracefence.principal:" + str(user))
+    attacker.execute(
+        psycopg.sql.SQL("SELECT pg_advisory_lock(hashtextextended({}, 0))").format(key)
+    )
+    with db.fence().request(user=org.owner) as conn:
+        conn.execute("SET LOCAL lock_timeout = '5s'")
+        assert api.grant_role(conn, user, "org_member", org.id) is not None
+
+
+def test_access_changes_refuse_repeatable_read(db: Database, org: Org) -> None:
+    user = db.create_user()
+    conn = db.app(autocommit=False)
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    conn.execute(
+        "SELECT iam.begin_request(%s)", [db.fence().credential_for(user=org.owner)]
+    )
+    with pytest.raises(RequestStateError) as raised:
+        api.grant_role(conn, user, "org_member", org.id)
+    assert "READ COMMITTED" in str(raised.value)
+    conn.rollback()
+
+
+def test_explain_reveals_nothing_about_foreign_resources_or_keys(db: Database, org: Org) -> None:
+    other = build_org(db, workspaces=1, projects_per_workspace=1)
+    foreign_project = other.projects[0].id
+    with db.fence().request(user=other.owner) as conn:
+        foreign_key = api.create_api_key(conn, "k", foreign_project, ["traces:read"])
+    own_project = org.projects[0].id
+    for principal, resource in (
+        (org.owner, foreign_project),  # about oneself, somewhere foreign
+        (org.owner, uuid.uuid4()),  # ... or nowhere
+        (foreign_key.id, own_project),  # about another tenant's key
+    ):
+        with pytest.raises(PermissionDenied) as raised, db.fence().request(user=org.owner) as conn:
+            api.explain(conn, principal, resource, "traces:read")
+        assert str(other.id) not in str(raised.value)
+        assert str(other.projects[0].workspace) not in str(raised.value)
+
+
+def test_foreign_environment_and_key_errors_name_only_what_was_passed(db: Database, org: Org) -> None:
+    other = build_org(db, workspaces=1, projects_per_workspace=1)
+    with db.fence().request(user=other.owner) as conn:
+        foreign_key = api.create_api_key(conn, "k", other.projects[0].id, ["traces:read"])
+    calls = [
+        lambda c: api.set_environment_production(c, other.projects[0].staging, True),
+        lambda c: api.set_environment_production(c, uuid.uuid4(), True),
+        lambda c: api.revoke_api_key(c, foreign_key.id),
+        lambda c: api.revoke_api_key(c, uuid.uuid4()),
+    ]
+    messages = []
+    for call in calls:
+        with pytest.raises(PermissionDenied) as raised, db.fence().request(user=org.owner) as conn:
+            call(conn)
+        assert str(other.projects[0].id) not in str(raised.value)
+        messages.append(str(raised.value).rsplit(" ", 1)[0])
+    assert messages[0] == messages[1] and messages[2] == messages[3]
+    assert visible_traces(db, user=org.owner) == set()
