@@ -53,7 +53,7 @@ from hypothesis.stateful import (
 )
 
 from tests.world import Database, Org, build_org
-from tracefence import ConstraintViolation, InvalidInput, api
+from tracefence import ConstraintViolation, InvalidInput, PermissionDenied, api
 from tracefence.api import AuditEvent
 
 Connection = psycopg.Connection[Any]
@@ -597,16 +597,17 @@ class AuditReplay(RuleBasedStateMachine):
     @rule(which=index, scopes=scope_sets, edit=st.booleans())
     def touch_dead_key(self, which: int, scopes: frozenset[str], edit: bool) -> None:
         """A revoked key: revoking again is a no-op, editing it is refused (22023). A key whose
-        resource was deleted is unknown (22023)."""
+        resource was deleted no longer exists: refused like any key the caller may not manage
+        (42501), so errors never confirm whether a key id exists."""
         key = pick(self.dead_keys(), which)
         gone = self.key_state(key) is None
         if edit:
             call = self.as_owner(lambda c: api.set_api_key_scopes(c, key, sorted(scopes)))
-            self.apply(call, causes=frozenset(), expect=InvalidInput)
+            self.apply(call, causes=frozenset(), expect=PermissionDenied if gone else InvalidInput)
         else:
             self.apply(
                 self.as_owner(lambda c: api.revoke_api_key(c, key)), causes=frozenset(),
-                noop=True, expect=InvalidInput if gone else None,
+                noop=True, expect=PermissionDenied if gone else None,
             )
 
     # Resources

@@ -2,7 +2,8 @@
 
 -- May the open request look at `principal`'s access at `resource`? About itself, where it holds
 -- anything at the resource; about another user, with members:read there; about an API key,
--- with api-keys:read there and the key in the same organisation. Anything else — including
+-- with api-keys:read there (explain also wants the key in the same organisation, since it
+-- names the key's resource). Anything else — including
 -- a resource or principal that does not exist — is the same 42501, naming only what was asked.
 CREATE OR REPLACE FUNCTION iam.require_insight(principal uuid, resource uuid)
 RETURNS void
@@ -21,10 +22,7 @@ BEGIN
         allowed := needed = ANY(iam.request_permissions(resource));
     ELSE
         needed := 'api-keys:read';
-        allowed := needed = ANY(iam.request_permissions(resource)) AND EXISTS (
-            SELECT FROM iam.api_keys AS k
-            WHERE k.id = principal AND iam.organisation_of(k.resource_id) = iam.organisation_of(resource)
-        );
+        allowed := needed = ANY(iam.request_permissions(resource));
     END IF;
     IF NOT allowed THEN
         RAISE EXCEPTION USING
@@ -140,6 +138,19 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM iam.require_insight(principal, resource);
+    -- explain names a key's own resource: only for keys of the resource's organisation.
+    IF EXISTS (
+        SELECT FROM iam.api_keys AS k
+        WHERE k.id = principal AND iam.organisation_of(k.resource_id) <> iam.organisation_of(resource)
+    ) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '42501',
+            MESSAGE = format(
+                'permission api-keys:read is required at resource %s to see the access of %s',
+                resource, principal
+            ),
+            DETAIL = 'missing permission: api-keys:read';
+    END IF;
     RETURN QUERY SELECT * FROM iam.explain_access(principal, resource, permission);
 END
 $$;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import psycopg
@@ -10,7 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tracefence import conformance as checker
 from tracefence import migrate as migrations
+from tracefence.reports import ReportFormat, render
+from tracefence.reports import text_renderables as checker_text
 
 app = typer.Typer(
     help="tracefence: the database decides who may read which telemetry.",
@@ -135,3 +139,84 @@ def explain(
     verdict = "[green]granted[/]" if granted else "[red]denied[/]"
     console.print(f"{permission} for {principal} at {resource}: {verdict}")
     raise typer.Exit(0 if granted else 1)
+
+
+@app.command("conformance")
+def conformance_command(
+    dsn: DsnOption = "",
+    probe: Annotated[
+        bool,
+        typer.Option(
+            "--probe",
+            help="Also run the dynamic probe: canary rows for two projects in every "
+            "project-scoped table, checked through real requests, always rolled back.",
+        ),
+    ] = False,
+    report_format: Annotated[
+        ReportFormat, typer.Option("--format", help="Report format.")
+    ] = ReportFormat.text,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the report to this file instead of stdout.",
+                     dir_okay=False, writable=True),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="Apply this manifest file (conformance/manifest.toml "
+                     "form) before checking.", exists=True, dir_okay=False, readable=True),
+    ] = None,
+    scenarios: Annotated[
+        Path | None,
+        typer.Option("--scenarios", help="Also run the scenario files (*.toml) of this folder; "
+                     "they commit a fresh organisation: use a scratch database.",
+                     exists=True, file_okay=False),
+    ] = None,
+    app_dsn: Annotated[
+        str | None,
+        typer.Option("--app-dsn", envvar="TRACEFENCE_APP_DSN",
+                     help="For --scenarios: a login that is a member of tracefence_app."),
+    ] = None,
+    service_dsn: Annotated[
+        str | None,
+        typer.Option("--service-dsn", envvar="TRACEFENCE_SERVICE_DSN",
+                     help="For --scenarios: a login that is a member of tracefence_service."),
+    ] = None,
+    token_secret: Annotated[
+        str | None,
+        typer.Option("--token-secret", envvar="TRACEFENCE_TOKEN_SECRET",
+                     help="For --scenarios: the user-token secret set with "
+                     "iam.set_token_secret (UTF-8 text; prefer the environment variable)."),
+    ] = None,
+) -> None:
+    """Prove that every project-scoped table is fenced (SPEC §4).
+
+    Exit 0: no error finding (every classified table fenced; warnings are reported only);
+    1: findings; 2: could not run. Runs as a DBA: a superuser, or a login that is a member of
+    tracefence_owner (for --probe also of tracefence_app; the owner then needs INSERT on host
+    tables). --manifest commits the classification it applies; --probe commits nothing.
+    """
+    logins = None
+    if scenarios is not None:
+        missing = [name for name, value in (("--app-dsn", app_dsn), ("--service-dsn", service_dsn),
+                                            ("--token-secret", token_secret)) if not value]
+        if missing:
+            errors.print(f"[red]conformance could not run:[/] --scenarios needs {', '.join(missing)}")
+            raise typer.Exit(2)
+        assert app_dsn and service_dsn and token_secret
+        logins = checker.ScenarioLogins(app_dsn, service_dsn, token_secret.encode())
+    try:
+        report = checker.run(dsn, probe=probe, manifest=manifest, scenarios=scenarios,
+                             logins=logins)
+    except checker.CouldNotRun as error:
+        errors.print(f"[red]conformance could not run:[/] {error}")
+        raise typer.Exit(2) from error
+    if output is not None:
+        output.write_text(render(report, report_format))
+        verdict = "[green]fenced[/]" if report.passed else f"[red]{len(report.errors)} error(s)[/]"
+        errors.print(f"wrote {report_format.value} report to {output}: {verdict}")
+    elif report_format is ReportFormat.text:
+        console.print(*checker_text(report))
+    else:
+        typer.echo(render(report, report_format), nl=False)
+    raise typer.Exit(report.exit_code)
+
