@@ -31,6 +31,33 @@ BEGIN
 END
 $$;
 
+-- Starts and expiries that have happened but are not recorded yet: the one definition of
+-- "pending", for one principal or (principal NULL) for all.
+CREATE OR REPLACE FUNCTION iam.pending_transitions(principal uuid, at timestamptz)
+RETURNS TABLE (principal_id uuid, cause text, resource_id uuid, happened_at timestamptz, role text)
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT b.principal_id, 'binding_started', b.resource_id, b.valid_from, b.role
+    FROM iam.role_bindings AS b
+    WHERE
+        (principal IS NULL OR b.principal_id = principal)
+        AND b.valid_from <= at AND b.valid_from > b.granted_at AND b.start_recorded_at IS NULL
+    UNION ALL
+    SELECT b.principal_id, 'binding_expired', b.resource_id, b.valid_until, b.role
+    FROM iam.role_bindings AS b
+    WHERE
+        (principal IS NULL OR b.principal_id = principal)
+        AND b.valid_until <= at AND b.expiry_recorded_at IS NULL
+    UNION ALL
+    SELECT k.id, 'key_expired', k.resource_id, k.expires_at, NULL
+    FROM iam.api_keys AS k
+    WHERE
+        (principal IS NULL OR k.id = principal)
+        AND k.expires_at <= at AND k.expiry_recorded_at IS NULL AND k.revoked_at IS NULL
+$$;
+
 CREATE OR REPLACE FUNCTION iam.sweep_principal(principal uuid)
 RETURNS integer
 LANGUAGE plpgsql
@@ -46,22 +73,9 @@ DECLARE
 BEGIN
     PERFORM iam.lock_principal(principal);
     FOR pending IN
-        SELECT 'binding_started' AS cause, b.resource_id, b.valid_from AS happened_at, b.role
-        FROM iam.role_bindings AS b
-        WHERE
-            b.principal_id = principal AND b.valid_from <= at AND b.valid_from > b.granted_at
-            AND b.start_recorded_at IS NULL
-        UNION ALL
-        SELECT 'binding_expired', b.resource_id, b.valid_until, b.role
-        FROM iam.role_bindings AS b
-        WHERE b.principal_id = principal AND b.valid_until <= at AND b.expiry_recorded_at IS NULL
-        UNION ALL
-        SELECT 'key_expired', k.resource_id, k.expires_at, NULL
-        FROM iam.api_keys AS k
-        WHERE
-            k.id = principal AND k.expires_at <= at AND k.expiry_recorded_at IS NULL
-            AND k.revoked_at IS NULL
-        ORDER BY happened_at, cause DESC
+        SELECT t.cause, t.resource_id, t.happened_at, t.role
+        FROM iam.pending_transitions(principal, at) AS t
+        ORDER BY t.happened_at, t.cause DESC
     LOOP
         before := iam.effective_sets(principal, pending.resource_id, at, TRUE);
         IF pending.cause = 'binding_started' THEN
@@ -100,13 +114,7 @@ DECLARE
     recorded integer := 0;
 BEGIN
     FOR principal IN
-        SELECT b.principal_id FROM iam.role_bindings AS b
-        WHERE
-            (b.valid_until <= at AND b.expiry_recorded_at IS NULL)
-            OR (b.valid_from <= at AND b.valid_from > b.granted_at AND b.start_recorded_at IS NULL)
-        UNION
-        SELECT k.id FROM iam.api_keys AS k
-        WHERE k.expires_at <= at AND k.expiry_recorded_at IS NULL AND k.revoked_at IS NULL
+        SELECT DISTINCT t.principal_id FROM iam.pending_transitions(NULL, at) AS t
     LOOP
         -- Skip a principal another transaction is sweeping or changing: it records it there.
         IF EXISTS (
@@ -165,6 +173,7 @@ $$;
 COMMENT ON FUNCTION iam.delete_user(uuid) IS 'Back office: remove a user; its lost access is audited.';
 
 REVOKE ALL ON FUNCTION iam.lock_principal(uuid) FROM public;
+REVOKE ALL ON FUNCTION iam.pending_transitions(uuid, timestamptz) FROM public;
 REVOKE ALL ON FUNCTION iam.sweep_principal(uuid) FROM public;
 REVOKE ALL ON FUNCTION iam.sweep_expired() FROM public;
 REVOKE ALL ON FUNCTION iam.delete_user(uuid) FROM public;
