@@ -238,9 +238,28 @@ def psql_error(error: psycopg.Error) -> str:
 
 @dataclass
 class Statement:
-    sql: str
+    parts: list[str | tuple[str, str, int]]  # text, or (quote, name, line) of a :'name'
     line: int
     gset: str | None  # prefix (possibly "") when the statement ended with \gset
+
+    @property
+    def sql(self) -> str:
+        return "".join(p if isinstance(p, str) else f":{p[0]}{p[1]}{p[0]}" for p in self.parts)
+
+    def render(self, page: Path, names: dict[str, Any]) -> str:
+        """The statement with each variable replaced, as psql does when it sends it."""
+        out = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            quote, name, line = part
+            if name not in names:
+                raise fail(page, line, f":{quote}{name}{quote} names nothing defined on this page")
+            value = _literal(page, line, name, names[name])
+            out.append("'" + value.replace("'", "''") + "'" if quote == "'"
+                       else '"' + value.replace('"', '""') + '"')
+        return "".join(out)
 
 
 def _literal(page: Path, line: int, name: str, value: Any) -> str:
@@ -256,10 +275,10 @@ def _literal(page: Path, line: int, name: str, value: Any) -> str:
     return text
 
 
-def split_sql(page: Path, first_line: int, text: str, names: dict[str, Any]) -> list[Statement]:
-    """Split a block into statements as psql does, substituting :'name' and :"name"."""
+def split_sql(page: Path, first_line: int, text: str) -> list[Statement]:
+    """Split a block into statements as psql does, marking :'name' and :"name"."""
     statements: list[Statement] = []
-    buf: list[str] = []
+    buf: list[str | tuple[str, str, int]] = []
     line = first_line
     start: int | None = None
     i = 0
@@ -267,9 +286,9 @@ def split_sql(page: Path, first_line: int, text: str, names: dict[str, Any]) -> 
 
     def finish(gset: str | None) -> None:
         nonlocal start
-        sql = "".join(buf).strip()
-        if _has_code(sql):
-            statements.append(Statement(sql, start or line, gset))
+        statement = Statement(list(buf), start or line, gset)
+        if _has_code(statement.sql):
+            statements.append(statement)
         elif gset is not None:
             raise fail(page, line, "\\gset without a query")
         buf.clear()
@@ -327,12 +346,7 @@ def split_sql(page: Path, first_line: int, text: str, names: dict[str, Any]) -> 
             continue
         variable = re.match(r":(['\"])([A-Za-z_][A-Za-z0-9_]*)\1", text[i:])
         if variable and not text.startswith("::", i) and not (i and text[i - 1] == ":"):
-            quote, name = variable.group(1), variable.group(2)
-            if name not in names:
-                raise fail(page, line, f":{quote}{name}{quote} names nothing defined on this page")
-            value = _literal(page, line, name, names[name])
-            buf.append("'" + value.replace("'", "''") + "'" if quote == "'"
-                       else '"' + value.replace('"', '""') + '"')
+            buf.append((variable.group(1), variable.group(2), line))
             i += len(variable.group(0))
             continue
         if ch == ";":
@@ -492,7 +506,7 @@ class PageRun:
         expected_error = block.directive.get("error")
         if expected_error is not None and not re.fullmatch(r"[0-9A-Z]{5}", expected_error):
             raise fail(page, line, f"error: {expected_error!r} is not a SQLSTATE")
-        statements = split_sql(page, line + 1, block.text, self.names)
+        statements = split_sql(page, line + 1, block.text)
         conn = self.session(role)
         self.notices.clear()
         self.result = None
@@ -510,12 +524,12 @@ class PageRun:
                 try:
                     conn.execute("SELECT iam.begin_request(%s)", [cred], prepare=False)
                 except psycopg.Error as error:
-                    failed = (Statement(f"SELECT iam.begin_request(<credential of {rest[1]}>)", line,
-                                        None), error)
+                    failed = (Statement([f"SELECT iam.begin_request(<credential of {rest[1]}>)"],
+                                        line, None), error)
                     statements = []
             for statement in statements:
                 try:
-                    cur = conn.execute(statement.sql.encode(), prepare=False)
+                    cur = conn.execute(statement.render(page, self.names).encode(), prepare=False)
                 except psycopg.Error as error:
                     failed = (statement, error)
                     break
@@ -663,11 +677,14 @@ def dropping_new_roles(db: Database) -> Iterator[None]:
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_every_block_of_the_page_does_what_it_says(page: Path, db: Database, tmp_path: Path) -> None:
+    failure: DocsFailure | None = None
     with dropping_new_roles(db):
         try:
             run_page(page, db, tmp_path)
-        except DocsFailure as failure:
-            pytest.fail(str(failure), pytrace=False)
+        except DocsFailure as error:
+            failure = error
+    if failure is not None:
+        pytest.fail(str(failure), pytrace=False)
 
 
 def test_index_links_every_page_and_every_link_resolves() -> None:
