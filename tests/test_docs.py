@@ -37,7 +37,7 @@ Info strings (the first word after the fence); anything else fails unless marked
     Lines ``$ tracefence ...`` (a trailing ``\\`` continues a command) run the real CLI in bash,
     with ``PG*`` variables naming the page's database as a superuser, every page name whose
     value is a str, uuid or int exported as an environment variable (``"$project"``), and
-    ``COLUMNS=100``. The lines after a command are its expected stdout+stderr (none: not
+    ``COLUMNS=160``. The lines after a command are its expected stdout+stderr (none: not
     compared). Every command must exit 0, the last one ``exit: N`` when given.
 ``text``
     The expected output of the previous fenced block.
@@ -588,7 +588,7 @@ class PageRun:
                if not k.startswith(("PG", "TRACEFENCE_")) and k not in ("COLUMNS", "LINES")}
         server = self.db.server
         env.update(PGHOST=server.host, PGPORT=str(server.port), PGUSER=server.user,
-                   PGDATABASE=self.db.name, COLUMNS="100", TERM="dumb", NO_COLOR="1")
+                   PGDATABASE=self.db.name, COLUMNS="160", TERM="dumb", NO_COLOR="1")
         if server.password:
             env["PGPASSWORD"] = server.password
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
