@@ -9,6 +9,7 @@ from tracefence.errors import (
     TracefenceError,
 )
 from tracefence.fence import Fence
+from tracefence.pool import RequestPool
 from tracefence.tokens import user_token
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "Fence",
     "InvalidInput",
     "PermissionDenied",
+    "RequestPool",
     "RequestStateError",
     "TracefenceError",
     "user_token",
