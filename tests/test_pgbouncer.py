@@ -23,6 +23,7 @@ from uuid import UUID
 
 import psycopg
 import pytest
+from sqlalchemy import text
 
 from tests.world import Database, Org, build_org
 from tracefence import CredentialError, Fence, api
@@ -225,6 +226,9 @@ def test_a_copied_context_is_refused_and_never_reaches_other_clients(
         with fence.request(**world.principals[name]) as conn:
             assert api.current_principal(conn) == world.ids[name]
             assert {r[0] for r in conn.execute("SELECT id FROM telemetry.traces")} == world.expected[name]
+        with fence.session(**world.principals[name]) as session:  # SQLAlchemy, same path
+            assert session.scalar(text("SELECT iam.current_principal()")) == world.ids[name]
+            assert set(session.scalars(text("SELECT id FROM telemetry.traces"))) == world.expected[name]
     with pytest.raises(CredentialError), fence.request(api_key="tfk_forged"):
         pass
 
