@@ -533,8 +533,9 @@ class PageRun:
                 except psycopg.Error as error:
                     failed = (statement, error)
                     break
-                out.extend(self.notices)
-                self.notices.clear()
+                if self.notices:
+                    out.append("\n".join(self.notices))
+                    self.notices.clear()
                 self.collect(statement, cur, out)
             if rest and failed is None:
                 try:
@@ -546,8 +547,7 @@ class PageRun:
                 conn.execute("ROLLBACK")
         if failed is not None:
             statement, error = failed
-            out.extend(self.notices)
-            out.append(psql_error(error).rstrip("\n"))
+            out.append("\n".join([*self.notices, psql_error(error).rstrip("\n")]))
             if expected_error is None:
                 raise fail(page, statement.line, f"statement failed ({error.sqlstate}): "
                            f"{psql_error(error)}{statement.sql}")
