@@ -697,6 +697,25 @@ def test_index_links_every_page_and_every_link_resolves() -> None:
         assert (DOCS / link).is_file(), f"docs/README.md links {link}, which does not exist"
 
 
+def _anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_pages_resolve_to_a_page_and_heading() -> None:
+    anchors = {
+        page.name: {_anchor(h) for h in re.findall(r"^#+ (.+)$", page.read_text(), flags=re.M)}
+        for page in PAGES
+    }
+    for page in PAGES:
+        for number, line in enumerate(page.read_text().splitlines(), start=1):
+            for target, anchor in re.findall(r"\]\(([\w.-]+\.md)?(?:#([\w-]+))?\)", line):
+                target = target or page.name
+                assert target in anchors, f"{_rel(page)}:{number}: link to missing page {target}"
+                assert not anchor or anchor in anchors[target], \
+                    f"{_rel(page)}:{number}: {target} has no heading #{anchor}"
+
+
 def test_reference_tables_are_checked_against_the_catalog() -> None:
     """The roles and permissions tables of the reference are results, not hand-written."""
     blocks = parse_page(DOCS / "reference.md")
