@@ -2,7 +2,9 @@
 
 Each page is one test: its blocks run in page order against a fresh migrated database (fixture
 ``db``: token secret set, test logins that are members of tracefence_app and tracefence_service).
-Blocks of one page share state; pages share nothing. A failure names the page and line.
+Blocks of one page share state; pages share nothing (cluster-wide objects a page creates are
+dropped after it: new roles the page names, new databases a page name holds). A failure names
+the page and line.
 docs/README.md states the same convention for writers; keep the two in step.
 
 Directive: an HTML comment on the last non-blank line before a fence (or a table), clauses
@@ -377,9 +379,9 @@ def credential(page: Path, line: int, names: dict[str, Any], name: str, secret: 
         raise fail(page, line, f"request {name}: no such name on this page")
     value = names[name]
     if isinstance(value, api.ApiKey):
-        return value.secret
+        return str(value.secret)
     if isinstance(value, UUID):
-        return user_token(secret, value)
+        return str(user_token(secret, value))
     if isinstance(value, str):
         return value
     raise fail(page, line, f"request {name}: {type(value).__name__} is not a user id, key or credential")
@@ -546,14 +548,14 @@ class PageRun:
             if conn.info.transaction_status != pq.TransactionStatus.IDLE:
                 conn.execute("ROLLBACK")
         if failed is not None:
-            statement, error = failed
-            out.append("\n".join([*self.notices, psql_error(error).rstrip("\n")]))
+            statement, problem = failed
+            out.append("\n".join([*self.notices, psql_error(problem).rstrip("\n")]))
             if expected_error is None:
-                raise fail(page, statement.line, f"statement failed ({error.sqlstate}): "
-                           f"{psql_error(error)}{statement.sql}")
-            if error.sqlstate != expected_error:
+                raise fail(page, statement.line, f"statement failed ({problem.sqlstate}): "
+                           f"{psql_error(problem)}{statement.sql}")
+            if problem.sqlstate != expected_error:
                 raise fail(page, statement.line, f"expected SQLSTATE {expected_error}, got "
-                           f"{error.sqlstate}: {psql_error(error)}")
+                           f"{problem.sqlstate}: {psql_error(problem)}")
         elif expected_error is not None:
             raise fail(page, line, f"expected SQLSTATE {expected_error}, but the block succeeded")
         return "\n\n".join(out) + ("\n" if out else "")
@@ -643,8 +645,8 @@ class PageRun:
         return "".join(transcript)
 
 
-def run_page(page: Path, db: Database, workdir: Path) -> PageRun:
-    run = PageRun(page, db, workdir)
+def run_page(page: Path, db: Database, workdir: Path, run: PageRun | None = None) -> PageRun:
+    run = run or PageRun(page, db, workdir)
     cwd = Path.cwd()
     os.chdir(workdir)
     try:
@@ -656,20 +658,28 @@ def run_page(page: Path, db: Database, workdir: Path) -> PageRun:
 
 
 @contextlib.contextmanager
-def dropping_new_roles(db: Database) -> Iterator[None]:
-    """Roles are cluster-wide: drop the ones a page created (its database is dropped anyway)."""
-    query = "SELECT rolname FROM pg_roles"
+def dropping_what_the_page_created(page: Path, db: Database, names: dict[str, Any]) -> Iterator[None]:
+    """Roles and databases are cluster-wide: after the page, drop the new roles the page names
+    in its text and the new databases a page name holds (the page's own database goes anyway)."""
+    roles = "SELECT rolname FROM pg_roles"
+    databases = "SELECT datname FROM pg_database"
     with psycopg.connect(db.admin_conninfo, autocommit=True) as conn:
-        before = {r[0] for r in conn.execute(query).fetchall()}
+        before = {r[0] for r in conn.execute(roles).fetchall()}
+        before |= {r[0] for r in conn.execute(databases).fetchall()}
     try:
         yield
     finally:
+        text = page.read_text()
+        values = {v for v in names.values() if isinstance(v, str)}
+        identifier = psycopg.sql.Identifier
         with psycopg.connect(db.admin_conninfo, autocommit=True) as conn:
-            for (role,) in conn.execute(query).fetchall():
-                if role not in before:
-                    name = psycopg.sql.Identifier(role)
-                    conn.execute(psycopg.sql.SQL("DROP OWNED BY {} CASCADE").format(name))
-                    conn.execute(psycopg.sql.SQL("DROP ROLE {}").format(name))
+            for (name,) in conn.execute(databases).fetchall():
+                if name not in before and name in values:
+                    conn.execute(psycopg.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(identifier(name)))
+            for (name,) in conn.execute(roles).fetchall():
+                if name not in before and re.search(rf"\b{re.escape(name)}\b", text):
+                    conn.execute(psycopg.sql.SQL("DROP OWNED BY {} CASCADE").format(identifier(name)))
+                    conn.execute(psycopg.sql.SQL("DROP ROLE {}").format(identifier(name)))
 
 
 # --- tests ----------------------------------------------------------------------------------
@@ -678,9 +688,10 @@ def dropping_new_roles(db: Database) -> Iterator[None]:
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_every_block_of_the_page_does_what_it_says(page: Path, db: Database, tmp_path: Path) -> None:
     failure: DocsFailure | None = None
-    with dropping_new_roles(db):
+    run = PageRun(page, db, tmp_path)
+    with dropping_what_the_page_created(page, db, run.names):
         try:
-            run_page(page, db, tmp_path)
+            run_page(page, db, tmp_path, run)
         except DocsFailure as error:
             failure = error
     if failure is not None:
