@@ -324,7 +324,7 @@ EDITS: dict[str, Callable[[Scene], dict[str, Any]]] = {
     },
     "principal swapped for the owner": lambda s: {"principal": str(s.org.owner)},
     "kind changed": lambda s: {"kind": "api_key"},
-    "version bumped": lambda s: {"version": 2},
+    "version bumped": lambda s: {"version": 3},
 }
 
 
@@ -674,7 +674,7 @@ def test_security_definer_functions_pin_search_path_and_are_not_public(db):
         [db.app_login, db.service_login],
     ).fetchall()
     names = {row[0] for row in rows}
-    assert {"iam.begin_request(text)", "iam.request_context()",
+    assert {"iam.begin_request(text)", "iam.current_principal()",
             "telemetry.classify_trace()"} <= names  # not vacuous
     app = db.app()
     for name, config, public_has, public_acl, owner, superuser, login, assumable in rows:

@@ -18,13 +18,14 @@ AS $$
 $$;
 COMMENT ON FUNCTION iam.hmac_pads(bytea) IS 'RFC 2104 inner and outer pads of an HMAC-SHA256 key.';
 
+-- No SET clause, so the planner can inline it into its (definer, search_path-pinned) callers:
+-- it runs on every statement of a request.
 CREATE OR REPLACE FUNCTION iam.hmac_sha256(inner_pad bytea, outer_pad bytea, message bytea)
 RETURNS bytea
 LANGUAGE sql
 IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT sha256(outer_pad || sha256(inner_pad || message))
+    SELECT pg_catalog.sha256(outer_pad || pg_catalog.sha256(inner_pad || message))
 $$;
 COMMENT ON FUNCTION iam.hmac_sha256(bytea, bytea, bytea) IS 'HMAC-SHA256 from precomputed pads.';
 

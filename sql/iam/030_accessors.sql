@@ -14,19 +14,35 @@ COMMENT ON FUNCTION iam.current_principal() IS 'The principal of the open reques
 
 -- Projects where the open request holds `permission`, through the role cascade: a grant at an
 -- organisation or workspace covers every project below it, including ones created later.
+-- Policies run this once per statement, so it reads no more than it must: project-tier grants
+-- are used as they are, and a workspace or organisation contributes its descendant_projects
+-- row (one index lookup, however many projects it has).
 CREATE OR REPLACE FUNCTION iam.permitted_projects(permission text)
 RETURNS uuid[]
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(array_agg(r.id), '{}')
-    FROM
-        (SELECT iam.granting_resources(iam.request_context(), permission) AS ids) AS g,
-        tenancy.resources AS r
-    WHERE
-        r.tier = 'project'
-        AND (r.id = ANY(g.ids) OR r.workspace_id = ANY(g.ids) OR r.organisation_id = ANY(g.ids))
+DECLARE
+    context jsonb := iam.request_context();
+    held jsonb;
+    projects uuid[] := '{}';
+    above uuid[] := '{}';
+    below uuid[];
+BEGIN
+    FOR held IN SELECT h.value FROM jsonb_each(context -> 'roles') AS h WHERE h.value -> 'permissions' ? permission
+    LOOP
+        projects := projects || (held ->> 'projects')::uuid[];
+        above := above || (held ->> 'above')::uuid[];
+    END LOOP;
+    IF cardinality(above) > 0 THEN
+        FOR below IN SELECT d.projects FROM tenancy.descendant_projects AS d WHERE d.resource_id = ANY(above)
+        LOOP
+            projects := projects || below;
+        END LOOP;
+    END IF;
+    RETURN projects;
+END
 $$;
 COMMENT ON FUNCTION iam.permitted_projects(text) IS
 'Projects where the open request holds the permission (cascade applied); empty with no request.';
@@ -70,11 +86,12 @@ AS $$
     SELECT coalesce(array_agg(DISTINCT p.permission ORDER BY p.permission), '{}')
     FROM
         tenancy.resources AS r,
-        jsonb_array_elements(coalesce(iam.request_context() -> 'grants', '[]')) AS g,
-        jsonb_array_elements_text(g -> 'permissions') AS p (permission)
+        jsonb_each(coalesce(iam.request_context() -> 'roles', '{}')) AS h (role, held),
+        jsonb_array_elements_text(h.held -> 'permissions') AS p (permission)
     WHERE
         r.id = resource
-        AND (g ->> 'resource')::uuid IN (r.id, r.workspace_id, r.organisation_id)
+        AND ((h.held ->> 'projects')::uuid[] || (h.held ->> 'above')::uuid[])
+        && ARRAY[r.id, r.workspace_id, r.organisation_id]
 $$;
 COMMENT ON FUNCTION iam.request_permissions(uuid) IS
 'Permissions the open request holds at a resource (cascade applied), fixed at begin_request.';

@@ -2,46 +2,57 @@
 -- of the transaction. Grants committed later do not reach a request already open; nothing is
 -- cached across requests.
 
--- A user's grants valid at `at`: one entry per binding with the role's permissions.
+-- A user's bindings valid at `at`, grouped by role (see iam.granting_resources for the shape).
 CREATE OR REPLACE FUNCTION iam.binding_grants(principal uuid, at timestamptz)
 RETURNS jsonb
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(jsonb_agg(jsonb_build_object(
-        'resource', b.resource_id,
-        'role', b.role,
+    SELECT coalesce(jsonb_object_agg(g.role, jsonb_build_object(
         'permissions', (
-            SELECT jsonb_agg(rp.permission ORDER BY rp.permission)
+            SELECT coalesce(jsonb_agg(rp.permission ORDER BY rp.permission), '[]')
             FROM iam.role_permissions AS rp
-            WHERE rp.role = b.role
-        )
-    ) ORDER BY b.resource_id), '[]')
-    FROM iam.role_bindings AS b
-    WHERE
-        b.principal_id = principal
-        AND (b.valid_from IS NULL OR b.valid_from <= at)
-        AND (b.valid_until IS NULL OR b.valid_until > at)
+            WHERE rp.role = g.role
+        ),
+        'projects', g.projects::text,
+        'above', g.above::text
+    )), '{}')
+    FROM (
+        SELECT
+            b.role,
+            coalesce(array_agg(b.resource_id ORDER BY b.resource_id) FILTER (WHERE b.tier = 'project'), '{}')
+                AS projects,
+            coalesce(array_agg(b.resource_id ORDER BY b.resource_id) FILTER (WHERE b.tier <> 'project'), '{}')
+                AS above
+        FROM iam.role_bindings AS b
+        WHERE
+            b.principal_id = principal
+            AND (b.valid_from IS NULL OR b.valid_from <= at)
+            AND (b.valid_until IS NULL OR b.valid_until > at)
+        GROUP BY b.role
+    ) AS g
 $$;
 
--- An API key's grant: its scopes at its resource, if it is neither revoked nor expired.
+-- An API key's scopes at its resource, as one role named "api_key", if it is neither revoked
+-- nor expired.
 CREATE OR REPLACE FUNCTION iam.api_key_grants(key_id uuid, at timestamptz)
 RETURNS jsonb
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(jsonb_agg(jsonb_build_object(
-        'resource', k.resource_id,
-        'api_key', k.id,
+    SELECT coalesce(jsonb_object_agg('api_key', jsonb_build_object(
         'permissions', (
             SELECT coalesce(jsonb_agg(s.permission ORDER BY s.permission), '[]')
             FROM iam.api_key_scopes AS s
             WHERE s.key_id = k.id
-        )
-    )), '[]')
+        ),
+        'projects', CASE WHEN r.tier = 'project' THEN ARRAY[k.resource_id] ELSE '{}' END::text,
+        'above', CASE WHEN r.tier = 'project' THEN '{}' ELSE ARRAY[k.resource_id] END::text
+    )), '{}')
     FROM iam.api_keys AS k
+    INNER JOIN tenancy.resources AS r ON k.resource_id = r.id
     WHERE
         k.id = key_id
         AND k.revoked_at IS NULL
@@ -87,11 +98,11 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'invalid credential';
     END IF;
     PERFORM iam.store_request_context(jsonb_build_object(
-        'version', 1,
+        'version', 2,
         'principal', principal,
         'kind', principal_kind,
         'began_at', at,
-        'grants', grants
+        'roles', grants
     ));
     RETURN principal;
 END

@@ -109,9 +109,8 @@ BEGIN
     IF valid_from IS NOT NULL AND valid_until IS NOT NULL AND valid_from >= valid_until THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'valid_from must be before valid_until';
     END IF;
-    IF role = 'org_owner' AND NOT EXISTS (
-        SELECT FROM jsonb_array_elements(iam.request_context() -> 'grants') AS g
-        WHERE g ->> 'role' = 'org_owner' AND (g ->> 'resource')::uuid = resource
+    IF role = 'org_owner' AND NOT coalesce(
+        resource = ANY((iam.request_context() #>> '{roles,org_owner,above}')::uuid[]), false
     ) THEN
         RAISE EXCEPTION USING
             ERRCODE = '42501',
