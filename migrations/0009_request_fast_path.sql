@@ -9,17 +9,30 @@ SET LOCAL ROLE tracefence_owner;
 -- every request anyway) and keyed by transaction id, so a row left by an earlier transaction
 -- matches nothing. Read-only transactions and standbys cannot write it; their requests use
 -- the signed setting alone.
+-- A role the request holds, with the resources it is bound at, in native arrays: what the
+-- per-statement accessors read, with nothing to parse.
+CREATE TYPE iam.held_role AS (
+    role text,
+    permissions text[],
+    -- project-tier resources, usable as they are
+    projects uuid[],
+    -- workspaces and organisations, whose projects tenancy.descendant_projects lists
+    above uuid[]
+);
+
 CREATE UNLOGGED TABLE iam.open_requests (
     backend_pid integer PRIMARY KEY,
     transaction_id xid8 NOT NULL,
     -- The signed tracefence.request value, which must still be the transaction's setting.
     signed text NOT NULL,
-    context jsonb NOT NULL
+    context jsonb NOT NULL,
+    roles iam.held_role [] NOT NULL
 );
 -- Stored uncompressed: read on every statement, a large context is cheaper to copy than to
 -- decompress.
 ALTER TABLE iam.open_requests ALTER COLUMN signed SET STORAGE EXTERNAL;
 ALTER TABLE iam.open_requests ALTER COLUMN context SET STORAGE EXTERNAL;
+ALTER TABLE iam.open_requests ALTER COLUMN roles SET STORAGE EXTERNAL;
 COMMENT ON TABLE iam.open_requests IS
 'The request each backend''s current transaction opened; written by iam.begin_request only.';
 ALTER TABLE iam.open_requests ENABLE ROW LEVEL SECURITY;

@@ -379,13 +379,15 @@ def test_clearing_the_request_setting_mid_request_makes_nothing_visible(db):
 # --------------------------------------------------------------------------------------------
 
 INTERNAL_CALLS = {
-    "iam.store_request_context": "SELECT iam.store_request_context('{\"principal\": null}')",
+    "iam.store_request_context": "SELECT iam.store_request_context('{\"principal\": null}', '{}')",
     "iam.request_context": "SELECT iam.request_context()",
     "iam.request_binding": "SELECT iam.request_binding()",
     "iam.extend_request": "SELECT iam.extend_request('{}')",
-    "iam.granting_resources": "SELECT iam.granting_resources('{}', 'traces:read')",
-    "iam.binding_grants": "SELECT iam.binding_grants(gen_random_uuid(), now())",
-    "iam.api_key_grants": "SELECT iam.api_key_grants(gen_random_uuid(), now())",
+    "iam.request_roles": "SELECT * FROM iam.request_roles()",
+    "iam.open_request": "SELECT * FROM iam.open_request()",
+    "iam.verified_context": "SELECT iam.verified_context('x')",
+    "iam.binding_roles": "SELECT iam.binding_roles(gen_random_uuid(), now())",
+    "iam.api_key_roles": "SELECT iam.api_key_roles(gen_random_uuid(), now())",
     "iam.verify_user_token": "SELECT iam.verify_user_token('tfu_x.y')",
     "iam.effective_permission_set": (
         "SELECT iam.effective_permission_set(gen_random_uuid(), gen_random_uuid(), now())"
@@ -478,6 +480,7 @@ def test_app_role_can_execute_only_the_published_functions(db):
 SECRET_TABLES = [
     "iam.request_signing_key", "iam.token_secret", "iam.api_keys", "iam.api_key_scopes",
     "iam.role_bindings", "iam.users", "iam.principals", "tenancy.resources",
+    "iam.open_requests", "tenancy.descendant_projects",
 ]
 
 
@@ -528,6 +531,14 @@ def _writes(s: Scene, mallory: UUID) -> list[tuple[str, str, list[Any]]]:
         ("users update", "UPDATE iam.users SET disabled_at = NULL", []),
         ("token_secret update", "UPDATE iam.token_secret SET inner_pad = outer_pad", []),
         ("signing key update", "UPDATE iam.request_signing_key SET inner_pad = outer_pad", []),
+        # The fast path's row: planting one for this backend and transaction would open a
+        # request without a credential.
+        ("open request planted", "INSERT INTO iam.open_requests (backend_pid, transaction_id, signed, "
+         "context, roles) VALUES (pg_backend_pid(), pg_current_xact_id(), 'x', %s, '{}')",
+         [Jsonb({"principal": str(s.org.owner), "kind": "user"})]),
+        ("open request widened", "UPDATE iam.open_requests SET roles = roles || roles", []),
+        ("descendant projects widened", "UPDATE tenancy.descendant_projects SET projects = %s",
+         [[a.id, b.id]]),
         ("traces update", "UPDATE telemetry.traces SET name = 'pwned'", []),
         ("traces update scope", "UPDATE telemetry.traces SET project_id = %s", [a.id]),
         ("traces delete", "DELETE FROM telemetry.traces", []),

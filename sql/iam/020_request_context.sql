@@ -4,6 +4,20 @@
 -- connection. Anyone can write a setting, so the value is signed with a key only the owner can
 -- read and bound to this backend and this transaction: a forged, edited or copied value is
 -- rejected, never believed.
+--
+-- Where the transaction may write, the request is also kept in the backend's row of
+-- iam.open_requests (migration 0009): the setting then carries only the signed header
+-- (principal, kind, start) and the row the roles, in native arrays, so a fenced statement
+-- reads one row instead of verifying and parsing a signature. Read-only transactions and
+-- standbys cannot write the row; their setting carries the roles too, signed.
+--
+-- The roles of a request are iam.held_role values: one per role (an API key's scopes count as
+-- one role, "api_key") with the resources it is bound at, project-tier ones apart from
+-- workspaces and organisations. Grouping keeps a user bound at 1,000 projects at 1,000 ids.
+
+-- Signature changes of this release (CREATE OR REPLACE cannot change one).
+DROP FUNCTION IF EXISTS iam.store_request_context(jsonb);
+DROP FUNCTION IF EXISTS iam.granting_resources(jsonb, text);
 
 -- What ties a context to the transaction that opened it. No SET clause, so the planner
 -- inlines it into its definer callers, whose search_path is pinned.
@@ -16,29 +30,44 @@ AS $$
         || ((extract(EPOCH FROM pg_catalog.transaction_timestamp()) * 1000000)::bigint)::text
 $$;
 
--- Sign a context and make it the transaction's. Internal: only definer functions call it.
--- Where the transaction may write, the context is also kept in the backend's row of
--- iam.open_requests, so that statements read it there instead of verifying the signature.
-CREATE OR REPLACE FUNCTION iam.store_request_context(context jsonb)
+-- Sign a request's header and make it the transaction's, with its roles. Internal: only
+-- definer functions call it.
+CREATE OR REPLACE FUNCTION iam.store_request_context(header jsonb, roles iam.held_role [])
 RETURNS void
 LANGUAGE plpgsql
 VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    bound jsonb := context || jsonb_build_object('binding', iam.request_binding());
-    payload text := bound::text;
+    kept boolean := NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off';
+    bound jsonb := header || jsonb_build_object('binding', iam.request_binding());
+    payload text;
     signed text;
 BEGIN
+    IF NOT kept THEN
+        bound := bound || jsonb_build_object('roles', (
+            SELECT coalesce(jsonb_object_agg(h.role, jsonb_build_object(
+                'permissions', to_jsonb(h.permissions),
+                'projects', h.projects::text,
+                'above', h.above::text
+            )), '{}')
+            FROM unnest(roles) AS h
+        ));
+    END IF;
+    payload := bound::text;
     SELECT payload || '.' || encode(iam.hmac_sha256(k.inner_pad, k.outer_pad, convert_to(payload, 'UTF8')), 'hex')
     INTO STRICT signed
     FROM iam.request_signing_key AS k;
     PERFORM set_config('tracefence.request', signed, true);
-    IF NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off' THEN
-        INSERT INTO iam.open_requests AS o (backend_pid, transaction_id, signed, context)
-        VALUES (pg_backend_pid(), pg_current_xact_id(), signed, bound)
+    IF kept THEN
+        INSERT INTO iam.open_requests AS o (backend_pid, transaction_id, signed, context, roles)
+        VALUES (pg_backend_pid(), pg_current_xact_id(), signed, bound, roles)
         ON CONFLICT (backend_pid) DO UPDATE
-            SET transaction_id = excluded.transaction_id, signed = excluded.signed, context = excluded.context;
+        SET
+            transaction_id = excluded.transaction_id,
+            signed = excluded.signed,
+            context = excluded.context,
+            roles = excluded.roles;
     END IF;
 END
 $$;
@@ -81,6 +110,22 @@ BEGIN
 END
 $$;
 
+-- The backend's row of iam.open_requests if this transaction opened a request there and the
+-- setting is still the value it signed; else no row. Like verified_context, neither SECURITY
+-- DEFINER nor SET: only definer functions call it.
+CREATE OR REPLACE FUNCTION iam.open_request()
+RETURNS SETOF iam.open_requests
+LANGUAGE sql
+STABLE PARALLEL RESTRICTED
+AS $$
+    SELECT o.*
+    FROM iam.open_requests AS o
+    WHERE
+        o.backend_pid = pg_catalog.pg_backend_pid()
+        AND o.transaction_id = pg_catalog.pg_current_xact_id_if_assigned()
+        AND o.signed = pg_catalog.current_setting('tracefence.request', true)
+$$;
+
 -- The verified context of the open request, or NULL when none is open. A value that is not
 -- one this database signed for this transaction raises 28000 instead of being ignored, so a
 -- tampering attempt is loud.
@@ -91,26 +136,16 @@ STABLE PARALLEL RESTRICTED
 AS $$
 DECLARE
     raw text := pg_catalog.current_setting('tracefence.request', true);
-    opened_in xid8;
     context jsonb;
 BEGIN
     IF raw IS NULL OR raw = '' THEN
         RETURN NULL;
     END IF;
-    -- The fast path: this transaction opened the request and kept it in the backend's row,
-    -- and the setting is still the value it signed. An edited or replaced setting falls
-    -- through to verification below, and fails it.
-    opened_in := pg_catalog.pg_current_xact_id_if_assigned();
-    IF opened_in IS NOT NULL THEN
-        SELECT o.context INTO context
-        FROM iam.open_requests AS o
-        WHERE
-            o.backend_pid = pg_catalog.pg_backend_pid()
-            AND o.transaction_id = opened_in
-            AND o.signed = raw;
-        IF FOUND THEN
-            RETURN context;
-        END IF;
+    -- The fast path: the backend's row, with nothing to verify. An edited or replaced setting
+    -- matches no row and falls through to verification below, and fails it.
+    SELECT o.context INTO context FROM iam.open_request() AS o;
+    IF FOUND THEN
+        RETURN context;
     END IF;
     context := iam.verified_context(raw);
     IF context IS NULL THEN
@@ -124,25 +159,25 @@ BEGIN
 END
 $$;
 
--- A context holds its grants grouped by role (an API key's scopes count as one role,
--- "api_key"): {"roles": {role: {"permissions": [...], "projects": "{...}", "above": "{...}"}}},
--- where "projects" lists the project-tier resources the role is bound at and "above" the
--- workspaces and organisations. Grouping keeps the signed value small (a user bound at 1,000
--- projects carries 1,000 ids, not 1,000 permission lists) and lets the per-statement accessors
--- use the project ids as they are.
-
--- Resources at which a context holds `permission` directly (before the cascade).
-CREATE OR REPLACE FUNCTION iam.granting_resources(context jsonb, permission text)
-RETURNS uuid[]
-LANGUAGE sql
-IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
+-- The roles the open request holds: from the backend's row, or from the verified setting.
+CREATE OR REPLACE FUNCTION iam.request_roles()
+RETURNS SETOF iam.held_role
+LANGUAGE plpgsql
+STABLE PARALLEL RESTRICTED
 AS $$
-    SELECT coalesce(array_agg(DISTINCT x.id), '{}')
-    FROM
-        jsonb_each(coalesce(context -> 'roles', '{}')) AS h (role, held),
-        unnest((h.held ->> 'projects')::uuid[] || (h.held ->> 'above')::uuid[]) AS x (id)
-    WHERE h.held -> 'permissions' ? permission
+BEGIN
+    IF EXISTS (SELECT FROM iam.open_request()) THEN
+        RETURN QUERY SELECT h.* FROM iam.open_request() AS o, unnest(o.roles) AS h;
+    ELSE
+        RETURN QUERY
+        SELECT
+            h.key,
+            ARRAY(SELECT jsonb_array_elements_text(h.value -> 'permissions')),
+            (h.value ->> 'projects')::uuid[],
+            (h.value ->> 'above')::uuid[]
+        FROM jsonb_each(iam.request_context() -> 'roles') AS h;
+    END IF;
+END
 $$;
 
 -- Add a role binding to the open request (the caller's own new organisation). Never removes one.
@@ -154,30 +189,40 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     context jsonb := iam.request_context();
-    role text := grant_entry ->> 'role';
-    resource uuid := (grant_entry ->> 'resource')::uuid;
-    held jsonb;
-    side text;
+    added iam.held_role;
+    tier text;
 BEGIN
     IF context IS NULL THEN
         RETURN;
     END IF;
-    held := coalesce(
-        context -> 'roles' -> role,
-        jsonb_build_object('permissions', grant_entry -> 'permissions', 'projects', '{}', 'above', '{}')
+    SELECT r.tier INTO STRICT tier FROM tenancy.resources AS r WHERE r.id = (grant_entry ->> 'resource')::uuid;
+    added := ROW(
+        grant_entry ->> 'role',
+        ARRAY(SELECT jsonb_array_elements_text(grant_entry -> 'permissions')),
+        CASE WHEN tier = 'project' THEN ARRAY[(grant_entry ->> 'resource')::uuid] ELSE '{}' END,
+        CASE WHEN tier = 'project' THEN '{}' ELSE ARRAY[(grant_entry ->> 'resource')::uuid] END
     );
-    SELECT CASE r.tier WHEN 'project' THEN 'projects' ELSE 'above' END INTO STRICT side
-    FROM tenancy.resources AS r WHERE r.id = resource;
-    held := jsonb_set(held, ARRAY[side], to_jsonb(((held ->> side)::uuid[] || resource)::text));
     PERFORM iam.store_request_context(
-        jsonb_set(context, '{roles}', coalesce(context -> 'roles', '{}') || jsonb_build_object(role, held))
+        context - 'roles' - 'binding',
+        ARRAY(
+            SELECT ROW(
+                h.role,
+                CASE WHEN h.role = added.role THEN added.permissions ELSE h.permissions END,
+                h.projects || CASE WHEN h.role = added.role THEN added.projects ELSE '{}' END,
+                h.above || CASE WHEN h.role = added.role THEN added.above ELSE '{}' END
+            )::iam.held_role
+            FROM iam.request_roles() AS h
+            UNION ALL
+            SELECT added WHERE NOT EXISTS (SELECT FROM iam.request_roles() AS h WHERE h.role = added.role)
+        )
     );
 END
 $$;
 
 REVOKE ALL ON FUNCTION iam.request_binding() FROM public;
-REVOKE ALL ON FUNCTION iam.store_request_context(jsonb) FROM public;
+REVOKE ALL ON FUNCTION iam.store_request_context(jsonb, iam.held_role []) FROM public;
 REVOKE ALL ON FUNCTION iam.verified_context(text) FROM public;
+REVOKE ALL ON FUNCTION iam.open_request() FROM public;
 REVOKE ALL ON FUNCTION iam.request_context() FROM public;
-REVOKE ALL ON FUNCTION iam.granting_resources(jsonb, text) FROM public;
+REVOKE ALL ON FUNCTION iam.request_roles() FROM public;
 REVOKE ALL ON FUNCTION iam.extend_request(jsonb) FROM public;

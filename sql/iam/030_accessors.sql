@@ -24,16 +24,15 @@ STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    context jsonb := iam.request_context();
-    held jsonb;
+    held iam.held_role;
     projects uuid[] := '{}';
     above uuid[] := '{}';
     below uuid[];
 BEGIN
-    FOR held IN SELECT h.value FROM jsonb_each(context -> 'roles') AS h WHERE h.value -> 'permissions' ? permission
+    FOR held IN SELECT h.* FROM iam.request_roles() AS h WHERE permission = ANY(h.permissions)
     LOOP
-        projects := projects || (held ->> 'projects')::uuid[];
-        above := above || (held ->> 'above')::uuid[];
+        projects := projects || held.projects;
+        above := above || held.above;
     END LOOP;
     IF cardinality(above) > 0 THEN
         FOR below IN SELECT d.projects FROM tenancy.descendant_projects AS d WHERE d.resource_id = ANY(above)
@@ -56,7 +55,9 @@ STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
     WITH g AS (
-        SELECT iam.granting_resources(iam.request_context(), 'projects:read') AS ids
+        SELECT coalesce(array_agg(x.id), '{}') AS ids
+        FROM iam.request_roles() AS h, unnest(h.projects || h.above) AS x (id)
+        WHERE 'projects:read' = ANY(h.permissions)
     ),
 
     readable AS (
@@ -86,12 +87,11 @@ AS $$
     SELECT coalesce(array_agg(DISTINCT p.permission ORDER BY p.permission), '{}')
     FROM
         tenancy.resources AS r,
-        jsonb_each(coalesce(iam.request_context() -> 'roles', '{}')) AS h (role, held),
-        jsonb_array_elements_text(h.held -> 'permissions') AS p (permission)
+        iam.request_roles() AS h,
+        unnest(h.permissions) AS p (permission)
     WHERE
         r.id = resource
-        AND ((h.held ->> 'projects')::uuid[] || (h.held ->> 'above')::uuid[])
-        && ARRAY[r.id, r.workspace_id, r.organisation_id]
+        AND (h.projects || h.above) && ARRAY[r.id, r.workspace_id, r.organisation_id]
 $$;
 COMMENT ON FUNCTION iam.request_permissions(uuid) IS
 'Permissions the open request holds at a resource (cascade applied), fixed at begin_request.';

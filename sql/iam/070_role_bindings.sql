@@ -109,8 +109,8 @@ BEGIN
     IF valid_from IS NOT NULL AND valid_until IS NOT NULL AND valid_from >= valid_until THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'valid_from must be before valid_until';
     END IF;
-    IF role = 'org_owner' AND NOT coalesce(
-        resource = ANY((iam.request_context() #>> '{roles,org_owner,above}')::uuid[]), false
+    IF role = 'org_owner' AND NOT EXISTS (
+        SELECT FROM iam.request_roles() AS h WHERE h.role = 'org_owner' AND resource = ANY(h.above)
     ) THEN
         RAISE EXCEPTION USING
             ERRCODE = '42501',
