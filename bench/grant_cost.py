@@ -24,7 +24,9 @@ from psycopg_pool import ConnectionPool
 from rich.console import Console
 from rich.table import Table
 
-from tracefence import Fence, api, migrate
+import tracefence.api as api
+import tracefence.migrate as migrate
+from tracefence import Fence
 from tracefence.embedded import embedded_server
 
 SECRET = b"bench-token-secret-0123456789abcdef0123"

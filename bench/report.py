@@ -1,0 +1,129 @@
+"""The benchmark's results as JSON, a markdown table and a PNG chart of the ratios."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.queries import QUERIES, QueryResult
+
+# Issue 5's targets, medians of fenced / explicit.
+QUERY_TARGETS = {"q1": 1.10, "q2": 1.10, "q3": 1.30, "q4": 1.10}
+REQUEST_TARGET = 0.75  # fenced throughput / unfenced, at least
+BINDINGS_TARGET = 3.0  # 1,000-binding user / 10-binding user, at most
+INGEST_TARGET = 0.85  # fenced throughput / unfenced, at least
+
+
+def query_rows(results: list[QueryResult]) -> list[dict[str, Any]]:
+    return [
+        {
+            "query": r.query.key,
+            "title": r.query.title,
+            "principal": r.principal,
+            "rows": r.rows,
+            **{variant: s.as_dict() for variant, s in r.samples.items()},
+            "fenced_over_explicit": round(r.ratio("fenced"), 3),
+            "naive_over_fenced": round(r.samples["naive"].median / r.samples["fenced"].median, 2),
+            "wrapped_over_fenced": round(r.samples["wrapped"].median / r.samples["fenced"].median, 2),
+            "target": QUERY_TARGETS[r.query.key],
+            "met": r.ratio("fenced") <= QUERY_TARGETS[r.query.key],
+        }
+        for r in results
+    ]
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = [
+        f"Scale {doc['scale']}: {doc['traces']:,} traces, {doc['spans']:,} spans, "
+        f"{doc['projects']:,} projects; PostgreSQL {doc['server_version']}; {doc['machine']}.",
+        "",
+        "| query | principal | rows | explicit ms | fenced ms (p95) | fenced / explicit | target "
+        "| naive / fenced | wrapped / fenced |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["queries"]:
+        lines.append(
+            f"| {r['query']} {r['title']} | {r['principal']} | {r['rows']} "
+            f"| {r['explicit']['median_ms']:.3f} "
+            f"| {r['fenced']['median_ms']:.3f} ({r['fenced']['p95_ms']:.3f}) "
+            f"| **{r['fenced_over_explicit']:.2f}** | ≤ {r['target']:.2f} {'✓' if r['met'] else '✗'} "
+            f"| {r['naive_over_fenced']:.1f}x | {r['wrapped_over_fenced']:.1f}x |"
+        )
+    if "requests" in doc:
+        lines += ["", "| whole request | clients | unfenced tps | fenced tps | fenced / unfenced | target "
+                  "| as Fence sends it (BEGIN apart) | 1,000 / 10 bindings (latency) | target |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for clients in (1, 2):
+            b = doc["requests"][f"clients_{clients}"]
+            lines.append(
+                f"| begin + point query + commit | {clients} | {b['unfenced']['tps_median']:,.0f} "
+                f"| {b['fenced']['tps_median']:,.0f} | **{b['fenced_throughput_ratio']:.2f}** "
+                f"| ≥ {REQUEST_TARGET:.2f} {'✓' if b['fenced_throughput_ratio'] >= REQUEST_TARGET else '✗'} "
+                f"| {b['as_fence_sends_throughput_ratio']:.2f} "
+                f"| **{b['bindings_1000_vs_10_latency_ratio']:.2f}** "
+                f"| ≤ {BINDINGS_TARGET:.0f} "
+                f"{'✓' if b['bindings_1000_vs_10_latency_ratio'] <= BINDINGS_TARGET else '✗'} |"
+            )
+    if "ingest" in doc:
+        i = doc["ingest"]
+        lines += ["", "| ingest | rows / batch | unfenced rows/s | fenced rows/s | fenced / unfenced "
+                  "| target |",
+                  "|---|---:|---:|---:|---:|---:|",
+                  f"| traces + spans through a request | {i['rows_per_batch']} "
+                  f"| {i['unfenced']['rows_per_second']:,} "
+                  f"| {i['fenced']['rows_per_second']:,} | **{i['throughput_ratio']:.2f}** "
+                  f"| ≥ {INGEST_TARGET:.2f} {'✓' if i['throughput_ratio'] >= INGEST_TARGET else '✗'} |"]
+    return "\n".join(lines) + "\n"
+
+
+def chart(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    principals = list(dict.fromkeys(r["principal"] for r in doc["queries"]))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    ax = axes[0]
+    width = 0.8 / len(principals)
+    for i, principal in enumerate(principals):
+        ratios = [next(r["fenced_over_explicit"] for r in doc["queries"]
+                       if r["principal"] == principal and r["query"] == q.key) for q in QUERIES]
+        ax.bar([x + i * width for x in range(len(QUERIES))], ratios, width, label=principal)
+    for x, q in enumerate(QUERIES):
+        ax.hlines(QUERY_TARGETS[q.key], x - 0.1, x + 0.9, colors="black", linestyles="dashed", linewidth=1)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(QUERIES))], [q.key for q in QUERIES])
+    ax.set_ylabel("fenced / explicit (median)")
+    ax.set_title("Queries: tracefence vs hand-written filter (dashed: target)")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    labels, values, targets = [], [], []
+    if "requests" in doc:
+        for clients in (1, 2):
+            labels.append(f"request\n{clients} client{'s' if clients > 1 else ''}")
+            values.append(doc["requests"][f"clients_{clients}"]["fenced_throughput_ratio"])
+            targets.append(REQUEST_TARGET)
+    if "ingest" in doc:
+        labels.append("ingest")
+        values.append(doc["ingest"]["throughput_ratio"])
+        targets.append(INGEST_TARGET)
+    ax.bar(labels, values, color="tab:gray")
+    for x, t in enumerate(targets):
+        ax.hlines(t, x - 0.4, x + 0.4, colors="black", linestyles="dashed", linewidth=1)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("fenced / unfenced throughput")
+    ax.set_title("Throughput")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(doc: dict[str, Any], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md", "chart": out / "ratios.png"}
+    paths["json"].write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    paths["markdown"].write_text(markdown(doc))
+    chart(doc, paths["chart"])
+    return paths
