@@ -37,12 +37,15 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [
         f"Scale {doc['scale']}: {doc['traces']:,} traces, {doc['spans']:,} spans, "
         f"{doc['projects']:,} projects; PostgreSQL {doc['server_version']}; {doc['machine']}.",
-        "",
-        "| query | principal | rows | explicit ms | fenced ms (p95) | fenced / explicit | target "
-        "| naive / fenced | wrapped / fenced |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in doc["queries"]:
+    if "queries" in doc:
+        lines += [
+            "",
+            "| query | principal | rows | explicit ms | fenced ms (p95) | fenced / explicit | target "
+            "| naive / fenced | wrapped / fenced |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+    for r in doc.get("queries", []):
         lines.append(
             f"| {r['query']} {r['title']} | {r['principal']} | {r['rows']} "
             f"| {r['explicit']['median_ms']:.3f} "
@@ -83,7 +86,7 @@ def chart(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    principals = list(dict.fromkeys(r["principal"] for r in doc["queries"]))
+    principals = list(dict.fromkeys(r["principal"] for r in doc.get("queries", [])))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1]})
     ax = axes[0]
     width = 0.8 / len(principals)

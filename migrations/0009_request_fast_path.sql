@@ -13,11 +13,11 @@ SET LOCAL ROLE tracefence_owner;
 -- per-statement accessors read, with nothing to parse.
 CREATE TYPE iam.held_role AS (
     role text,
-    permissions text[],
+    permissions text [],
     -- project-tier resources, usable as they are
-    projects uuid[],
+    projects uuid [],
     -- workspaces and organisations, whose projects tenancy.descendant_projects lists
-    above uuid[]
+    above uuid []
 );
 
 CREATE UNLOGGED TABLE iam.open_requests (
@@ -26,7 +26,7 @@ CREATE UNLOGGED TABLE iam.open_requests (
     -- The signed tracefence.request value, which must still be the transaction's setting.
     signed text NOT NULL,
     context jsonb NOT NULL,
-    roles iam.held_role [] NOT NULL
+    roles iam.held_role[] NOT NULL
 );
 -- Stored uncompressed: read on every statement, a large context is cheaper to copy than to
 -- decompress.
@@ -53,7 +53,7 @@ REVOKE ALL ON tenancy.descendant_projects FROM public;
 INSERT INTO tenancy.descendant_projects (resource_id, projects)
 SELECT
     scope.id,
-    coalesce(array_agg(p.id ORDER BY p.id) FILTER (WHERE p.id IS NOT NULL), '{}')
+    coalesce(array_agg(p.id ORDER BY p.id) FILTER (WHERE p.id IS NOT NULL), '{}') AS projects
 FROM tenancy.resources AS scope
 LEFT JOIN tenancy.resources AS p
     ON p.tier = 'project' AND scope.id IN (p.workspace_id, p.organisation_id)

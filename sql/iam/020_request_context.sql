@@ -32,7 +32,7 @@ $$;
 
 -- Sign a request's header and make it the transaction's, with its roles. Internal: only
 -- definer functions call it.
-CREATE OR REPLACE FUNCTION iam.store_request_context(header jsonb, roles iam.held_role [])
+CREATE OR REPLACE FUNCTION iam.store_request_context(header jsonb, roles iam.held_role[])
 RETURNS void
 LANGUAGE plpgsql
 VOLATILE SECURITY DEFINER
@@ -220,7 +220,7 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION iam.request_binding() FROM public;
-REVOKE ALL ON FUNCTION iam.store_request_context(jsonb, iam.held_role []) FROM public;
+REVOKE ALL ON FUNCTION iam.store_request_context(jsonb, iam.held_role[]) FROM public;
 REVOKE ALL ON FUNCTION iam.verified_context(text) FROM public;
 REVOKE ALL ON FUNCTION iam.open_request() FROM public;
 REVOKE ALL ON FUNCTION iam.request_context() FROM public;

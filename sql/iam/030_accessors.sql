@@ -4,11 +4,15 @@
 
 CREATE OR REPLACE FUNCTION iam.current_principal()
 RETURNS uuid
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT (iam.request_context() ->> 'principal')::uuid
+BEGIN
+    RETURN (
+        SELECT (iam.request_context() ->> 'principal')::uuid
+    );
+END
 $$;
 COMMENT ON FUNCTION iam.current_principal() IS 'The principal of the open request, or NULL.';
 
@@ -50,28 +54,32 @@ COMMENT ON FUNCTION iam.permitted_projects(text) IS
 -- projects:read, and the ancestors of those (a member of a project sees what contains it).
 CREATE OR REPLACE FUNCTION iam.visible_resources()
 RETURNS uuid[]
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH g AS (
-        SELECT coalesce(array_agg(x.id), '{}') AS ids
-        FROM iam.request_roles() AS h, unnest(h.projects || h.above) AS x (id)
-        WHERE 'projects:read' = ANY(h.permissions)
-    ),
+BEGIN
+    RETURN (
+        WITH g AS (
+            SELECT coalesce(array_agg(x.id), '{}') AS ids
+            FROM iam.request_roles() AS h, unnest(h.projects || h.above) AS x (id)
+            WHERE 'projects:read' = ANY(h.permissions)
+        ),
 
-    readable AS (
-        SELECT r.*
-        FROM g, tenancy.resources AS r
-        WHERE r.id = ANY(g.ids) OR r.workspace_id = ANY(g.ids) OR r.organisation_id = ANY(g.ids)
-    )
+        readable AS (
+            SELECT r.*
+            FROM g, tenancy.resources AS r
+            WHERE r.id = ANY(g.ids) OR r.workspace_id = ANY(g.ids) OR r.organisation_id = ANY(g.ids)
+        )
 
-    SELECT coalesce(array_agg(DISTINCT a.id), '{}')
-    FROM readable
-    CROSS JOIN LATERAL (
-        VALUES (readable.id), (readable.workspace_id), (readable.organisation_id)
-    ) AS a (id)
-    WHERE a.id IS NOT NULL
+        SELECT coalesce(array_agg(DISTINCT a.id), '{}')
+        FROM readable
+        CROSS JOIN LATERAL (
+            VALUES (readable.id), (readable.workspace_id), (readable.organisation_id)
+        ) AS a (id)
+        WHERE a.id IS NOT NULL
+    );
+END
 $$;
 COMMENT ON FUNCTION iam.visible_resources() IS
 'Resources the open request may list: projects:read, cascaded down, plus their ancestors.';
@@ -80,18 +88,22 @@ COMMENT ON FUNCTION iam.visible_resources() IS
 -- resource and at every ancestor, as fixed when the request began.
 CREATE OR REPLACE FUNCTION iam.request_permissions(resource uuid)
 RETURNS text[]
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(array_agg(DISTINCT p.permission ORDER BY p.permission), '{}')
-    FROM
-        tenancy.resources AS r,
-        iam.request_roles() AS h,
-        unnest(h.permissions) AS p (permission)
-    WHERE
-        r.id = resource
-        AND (h.projects || h.above) && ARRAY[r.id, r.workspace_id, r.organisation_id]
+BEGIN
+    RETURN (
+        SELECT coalesce(array_agg(DISTINCT p.permission ORDER BY p.permission), '{}')
+        FROM
+            tenancy.resources AS r,
+            iam.request_roles() AS h,
+            unnest(h.permissions) AS p (permission)
+        WHERE
+            r.id = resource
+            AND (h.projects || h.above) && ARRAY[r.id, r.workspace_id, r.organisation_id]
+    );
+END
 $$;
 COMMENT ON FUNCTION iam.request_permissions(uuid) IS
 'Permissions the open request holds at a resource (cascade applied), fixed at begin_request.';

@@ -8,51 +8,63 @@ DROP FUNCTION IF EXISTS iam.api_key_grants(uuid, timestamptz);
 
 -- A user's bindings valid at `at`, one iam.held_role per role.
 CREATE OR REPLACE FUNCTION iam.binding_roles(principal uuid, at timestamptz)
-RETURNS iam.held_role []
-LANGUAGE sql
+RETURNS iam.held_role[]
+LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+-- Planning the query costs more than running it: plan it once per session.
+SET plan_cache_mode = force_generic_plan
 AS $$
-    SELECT coalesce(array_agg(ROW(
-        g.role,
-        ARRAY(SELECT rp.permission FROM iam.role_permissions AS rp WHERE rp.role = g.role ORDER BY 1),
-        g.projects,
-        g.above
-    )::iam.held_role), '{}')
-    FROM (
-        SELECT
-            b.role,
-            coalesce(array_agg(b.resource_id) FILTER (WHERE b.tier = 'project'), '{}') AS projects,
-            coalesce(array_agg(b.resource_id) FILTER (WHERE b.tier <> 'project'), '{}') AS above
-        FROM iam.role_bindings AS b
-        WHERE
-            b.principal_id = principal
-            AND (b.valid_from IS NULL OR b.valid_from <= at)
-            AND (b.valid_until IS NULL OR b.valid_until > at)
-        GROUP BY b.role
-    ) AS g
+BEGIN
+    RETURN (
+        SELECT coalesce(array_agg(ROW(
+            g.role,
+            ARRAY(SELECT rp.permission FROM iam.role_permissions AS rp WHERE rp.role = g.role ORDER BY 1),
+            g.projects,
+            g.above
+        )::iam.held_role), '{}')
+        FROM (
+            SELECT
+                b.role,
+                coalesce(array_agg(b.resource_id) FILTER (WHERE b.tier = 'project'), '{}') AS projects,
+                coalesce(array_agg(b.resource_id) FILTER (WHERE b.tier <> 'project'), '{}') AS above
+            FROM iam.role_bindings AS b
+            WHERE
+                b.principal_id = principal
+                AND (b.valid_from IS NULL OR b.valid_from <= at)
+                AND (b.valid_until IS NULL OR b.valid_until > at)
+            GROUP BY b.role
+        ) AS g
+    );
+END
 $$;
 
 -- An API key's scopes at its resource, as one role named "api_key", if it is neither revoked
 -- nor expired.
 CREATE OR REPLACE FUNCTION iam.api_key_roles(key_id uuid, at timestamptz)
-RETURNS iam.held_role []
-LANGUAGE sql
+RETURNS iam.held_role[]
+LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+-- Planning the query costs more than running it: plan it once per session.
+SET plan_cache_mode = force_generic_plan
 AS $$
-    SELECT coalesce(array_agg(ROW(
-        'api_key',
-        ARRAY(SELECT s.permission FROM iam.api_key_scopes AS s WHERE s.key_id = k.id ORDER BY 1),
-        CASE WHEN r.tier = 'project' THEN ARRAY[k.resource_id] ELSE '{}' END,
-        CASE WHEN r.tier = 'project' THEN '{}' ELSE ARRAY[k.resource_id] END
-    )::iam.held_role), '{}')
-    FROM iam.api_keys AS k
-    INNER JOIN tenancy.resources AS r ON k.resource_id = r.id
-    WHERE
-        k.id = key_id
-        AND k.revoked_at IS NULL
-        AND (k.expires_at IS NULL OR k.expires_at > at)
+BEGIN
+    RETURN (
+        SELECT coalesce(array_agg(ROW(
+            'api_key',
+            ARRAY(SELECT s.permission FROM iam.api_key_scopes AS s WHERE s.key_id = k.id ORDER BY 1),
+            CASE WHEN r.tier = 'project' THEN ARRAY[k.resource_id] ELSE '{}' END,
+            CASE WHEN r.tier = 'project' THEN '{}' ELSE ARRAY[k.resource_id] END
+        )::iam.held_role), '{}')
+        FROM iam.api_keys AS k
+        INNER JOIN tenancy.resources AS r ON k.resource_id = r.id
+        WHERE
+            k.id = key_id
+            AND k.revoked_at IS NULL
+            AND (k.expires_at IS NULL OR k.expires_at > at)
+    );
+END
 $$;
 
 CREATE OR REPLACE FUNCTION iam.begin_request(credential text)
@@ -65,7 +77,7 @@ DECLARE
     at timestamptz := statement_timestamp();
     principal uuid;
     principal_kind text;
-    roles iam.held_role [];
+    roles iam.held_role[];
 BEGIN
     -- Only a context this transaction really opened counts; anything else in the setting
     -- (a value planted at session level, say) is overwritten, not obeyed.
