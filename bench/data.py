@@ -27,7 +27,7 @@ import tracefence.migrate as migrate
 from tracefence import Fence
 
 SECRET = b"bench-token-secret-0123456789abcdef0123"
-APP_LOGIN = "tracefence_bench_app"
+APP_LOGIN = "bench_tracefence_app"
 WORKSPACES = 50
 PROJECTS_PER_WORKSPACE = 20
 SPANS_PER_TRACE = 3

@@ -60,7 +60,7 @@ QUERIES = [
     ),
 ]
 
-BASELINE_ROLES = {"naive": "tracefence_bench_naive", "wrapped": "tracefence_bench_wrapped"}
+BASELINE_ROLES = {"naive": "bench_naive_policy", "wrapped": "bench_wrapped_policy"}
 _PRINCIPAL = "current_setting('bench.principal')::uuid"
 
 

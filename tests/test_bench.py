@@ -10,14 +10,31 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 from bench import data
+from bench.queries import BASELINE_ROLES
+from psycopg import sql
 
 from tracefence import user_token
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCH_ROLES = [data.APP_LOGIN, *BASELINE_ROLES.values()]
 
 
-def test_benchmark_runs_at_tiny_scale_with_fenced_results_equal_to_explicit(db, tmp_path):
+@pytest.fixture
+def bench_db(db):
+    """The test database; afterwards the roles the benchmark created (roles are the server's,
+    not the database's) are dropped, so no other test sees them."""
+    yield db
+    with psycopg.connect(db.admin_conninfo, autocommit=True) as conn:
+        for role in BENCH_ROLES:
+            if conn.execute("SELECT FROM pg_roles WHERE rolname = %s", [role]).fetchone():
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_benchmark_runs_at_tiny_scale_with_fenced_results_equal_to_explicit(bench_db, tmp_path):
+    db = bench_db
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, "-m", "bench", "run", "--dsn", db.admin_conninfo, "--scale", "tiny",
