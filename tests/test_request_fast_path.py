@@ -6,6 +6,8 @@ transaction) must see exactly what a read-write one sees."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.test_attacks import (
@@ -138,3 +140,31 @@ def test_organisation_created_in_a_request_is_usable_in_the_same_request(db):
         )
         assert conn.execute("SELECT count(*) FROM telemetry.traces").fetchone() == (1,)
         assert conn.execute("SELECT iam.current_principal()").fetchone() == (user,)
+
+
+def test_sweep_removes_the_rows_of_backends_that_have_exited(db):
+    s = scene(db)
+    gone = db.app(autocommit=False)
+    begin(gone, token(db, s.alice))
+    gone_pid = gone.execute("SELECT pg_backend_pid()").fetchone()[0]
+    gone.commit()
+    live = db.app(autocommit=False)
+    begin(live, token(db, s.bob))
+    live_pid = live.execute("SELECT pg_backend_pid()").fetchone()[0]
+    live.commit()
+    gone.close()
+    admin = db.admin()
+    for _ in range(100):  # the backend exits shortly after the client disconnects
+        if admin.execute("SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)",
+                         [gone_pid]).fetchone() == (True,):
+            break
+        time.sleep(0.05)
+    pids = ("SELECT array_agg(backend_pid ORDER BY backend_pid) FROM iam.open_requests"
+            " WHERE backend_pid = ANY(%s)")
+    assert admin.execute(pids, [[gone_pid, live_pid]]).fetchone() == (sorted([gone_pid, live_pid]),)
+    api.sweep_expired(db.service())
+    assert admin.execute(pids, [[gone_pid, live_pid]]).fetchone() == ([live_pid],)
+    # The live backend's next request is unaffected.
+    begin(live, token(db, s.bob))
+    assert ids(live) == s.of("b")
+    live.rollback()
