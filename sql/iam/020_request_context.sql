@@ -95,8 +95,9 @@ BEGIN
         RETURN NULL;
     END IF;
     payload := substring(value FROM 1 FOR size - 65);
-    SELECT encode(iam.hmac_sha256(k.inner_pad, k.outer_pad, payload), 'hex')
-        = encode(substring(value FROM size - 63), 'escape')
+    -- Compare digests, not the strings, so the comparison time says nothing about the key.
+    SELECT sha256(convert_to(encode(iam.hmac_sha256(k.inner_pad, k.outer_pad, payload), 'hex'), 'UTF8'))
+        = sha256(substring(value FROM size - 63))
     INTO STRICT authentic
     FROM iam.request_signing_key AS k;
     IF NOT authentic THEN
