@@ -1,8 +1,9 @@
 """Ingest: batches of traces and their spans written through a request (an API key holding
 traces:write; the database classifies each trace and stamps each span, and row-level security
 checks every row) against the same rows written into an unfenced copy of the tables (same
-columns, indexes and foreign keys; no triggers, no row-level security; the writer supplies the
-classification itself). Batches alternate; the inserted rows are removed afterwards.
+rows, columns, keys, indexes and foreign keys; no triggers, no row-level security; the writer
+supplies the classification itself). Batches alternate; the inserted rows and the copy are
+removed afterwards.
 """
 
 from __future__ import annotations
@@ -42,11 +43,29 @@ UNFENCED_SPANS = (
 
 
 def install_unfenced_copy(world: World) -> None:
+    """The copy holds the same rows as the fenced tables, so both sides insert into indexes of
+    the same size; its keys, unique constraints, indexes and foreign keys are telemetry's."""
     with psycopg.connect(world.dsn, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA IF NOT EXISTS bench")
         conn.execute("DROP TABLE IF EXISTS bench.spans_unfenced, bench.traces_unfenced")
-        conn.execute("CREATE TABLE bench.traces_unfenced (LIKE telemetry.traces INCLUDING ALL)")
-        conn.execute("CREATE TABLE bench.spans_unfenced (LIKE telemetry.spans INCLUDING ALL)")
+        for table in ("traces", "spans"):
+            copy = f"bench.{table}_unfenced"
+            conn.execute(
+                f"CREATE TABLE {copy} (LIKE telemetry.{table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+            )
+            conn.execute(f"INSERT INTO {copy} SELECT * FROM telemetry.{table}")
+            for (definition,) in conn.execute(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE conrelid = %s::regclass AND contype IN ('p', 'u')", [f"telemetry.{table}"]
+            ).fetchall():
+                conn.execute(f"ALTER TABLE {copy} ADD {definition}")
+            for (definition,) in conn.execute(
+                "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index AS i WHERE i.indrelid = %s::regclass"
+                " AND NOT EXISTS (SELECT FROM pg_constraint AS c WHERE c.conindid = i.indexrelid)",
+                [f"telemetry.{table}"],
+            ).fetchall():
+                _, on = definition.split(" ON ", 1)
+                conn.execute(f"CREATE INDEX ON {copy} " + on.split(" ", 1)[1])
         conn.execute(
             "ALTER TABLE bench.traces_unfenced ADD FOREIGN KEY (project_id, environment_id)"
             " REFERENCES tenancy.environments (project_id, id) ON DELETE CASCADE"
@@ -59,6 +78,7 @@ def install_unfenced_copy(world: World) -> None:
             "ALTER TABLE bench.spans_unfenced ADD FOREIGN KEY (trace_id, parent_span_id)"
             " REFERENCES bench.spans_unfenced (trace_id, id) ON DELETE CASCADE"
         )
+        conn.execute("VACUUM ANALYZE bench.traces_unfenced, bench.spans_unfenced")
 
 
 def _batch(world: World, rng: random.Random) -> dict[str, list[Any]]:
