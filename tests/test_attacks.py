@@ -1213,15 +1213,18 @@ def test_attacker_cannot_begin_as_someone_else_without_a_valid_credential(db):
     for label, credential in credentials.items():
         state = sqlstate(conn, "SELECT iam.begin_request(%s)", [credential])
         assert state == "25001", label
-    # With the request cleared, every bad credential is refused with one generic error.
+    # Clearing the setting does not make room for a second request in the transaction.
     conn.execute("SELECT set_config('tracefence.request', '', true)")
+    assert sqlstate(conn, "SELECT iam.begin_request(%s)", [token(db, s.bob)]) == "25001"
+    conn.rollback()
+    # In a transaction of its own, every bad credential is refused with one generic error.
     for label, credential in credentials.items():
         error = failure(conn, "SELECT iam.begin_request(%s)", [credential])
         assert error.sqlstate == "28000", label
         assert error.diag.message_primary == "invalid credential", label
         assert principal(conn) is None, label
         assert ids(conn) == set(), label
-    conn.rollback()
+        conn.rollback()
     # Not vacuous: the good credentials still work.
     assert visible_traces(db, user=s.org.owner) == s.everything
     with db.fence().request(user=s.alice) as fenced:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import psycopg
 import pytest
 
 from tests.test_attacks import (
@@ -168,3 +169,38 @@ def test_sweep_removes_the_rows_of_backends_that_have_exited(db):
     begin(live, token(db, s.bob))
     assert ids(live) == s.of("b")
     live.rollback()
+
+
+def test_context_saved_in_one_transaction_of_a_message_is_rejected_in_the_next(db):
+    """Every transaction of one multi-statement message starts at the same instant, so the
+    binding also names the transaction's virtual id: a read-only request's signed context,
+    saved in a session setting, cannot be replayed in the message's next transaction (where
+    a revocation committed in between would not reach it)."""
+    s = scene(db)
+    conn = db.app()  # autocommit: the message's BEGIN/COMMIT delimit its transactions
+    message = (
+        f"BEGIN READ ONLY; SELECT iam.begin_request('{token(db, s.alice)}');"
+        " SELECT set_config('x.saved', current_setting('tracefence.request'), false); COMMIT;"
+        " BEGIN; SELECT set_config('tracefence.request', current_setting('x.saved'), true);"
+        " SELECT count(*) FROM telemetry.traces; COMMIT;"
+    )
+    with pytest.raises(psycopg.Error) as caught:
+        conn.execute(message)
+    assert caught.value.sqlstate == "28000"
+    conn.execute("ROLLBACK")
+    # The same value in its own transaction still works: the replay, not the context, failed.
+    conn.execute("BEGIN READ ONLY")
+    begin(conn, token(db, s.alice))
+    assert ids(conn) == s.of("a")
+    conn.execute("ROLLBACK")
+
+
+def test_second_request_in_a_transaction_is_refused_even_with_the_setting_cleared(db):
+    s = scene(db)
+    conn = db.app(autocommit=False)
+    begin(conn, token(db, s.alice))
+    conn.execute("SELECT set_config('tracefence.request', '', true)")
+    with pytest.raises(psycopg.Error) as caught:
+        begin(conn, token(db, s.bob))
+    assert caught.value.sqlstate == "25001"
+    conn.rollback()

@@ -19,15 +19,27 @@
 DROP FUNCTION IF EXISTS iam.store_request_context(jsonb);
 DROP FUNCTION IF EXISTS iam.granting_resources(jsonb, text);
 
--- What ties a context to the transaction that opened it. No SET clause, so the planner
--- inlines it into its definer callers, whose search_path is pinned.
+-- What ties a context to the transaction that opened it: the backend, the transaction's start
+-- and its virtual transaction id. The start alone is not enough: every transaction of one
+-- multi-statement message starts at the same instant, so a value saved in one could be
+-- replayed in the next. The virtual transaction id is unique to each transaction of a backend,
+-- read-only ones and those on a standby included. No SET clause, so the planner inlines it
+-- into its definer callers, whose search_path is pinned.
 CREATE OR REPLACE FUNCTION iam.request_binding()
 RETURNS text
 LANGUAGE sql
 STABLE PARALLEL RESTRICTED
 AS $$
     SELECT pg_catalog.pg_backend_pid()::text || ':'
-        || ((extract(EPOCH FROM pg_catalog.transaction_timestamp()) * 1000000)::bigint)::text
+        || ((extract(EPOCH FROM pg_catalog.transaction_timestamp()) * 1000000)::bigint)::text || ':'
+        || coalesce((
+            SELECT l.virtualxid
+            FROM pg_catalog.pg_locks AS l
+            WHERE
+                l.locktype = 'virtualxid' AND l.pid = pg_catalog.pg_backend_pid()
+                AND l.mode = 'ExclusiveLock' AND l.granted
+            LIMIT 1
+        ), '')
 $$;
 
 -- Sign a request's header and make it the transaction's, with its roles. Internal: only

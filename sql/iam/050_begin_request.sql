@@ -81,7 +81,12 @@ DECLARE
 BEGIN
     -- Only a context this transaction really opened counts; anything else in the setting
     -- (a value planted at session level, say) is overwritten, not obeyed.
-    IF iam.verified_context(current_setting('tracefence.request', true)) IS NOT NULL THEN
+    IF iam.verified_context(current_setting('tracefence.request', true)) IS NOT NULL
+        OR EXISTS (
+            SELECT FROM iam.open_requests AS o
+            WHERE o.backend_pid = pg_backend_pid() AND o.transaction_id = pg_current_xact_id_if_assigned()
+        )
+    THEN
         RAISE EXCEPTION USING
             ERRCODE = '25001',
             MESSAGE = 'a request is already open in this transaction',
