@@ -103,9 +103,8 @@ def _copy(conn: psycopg.Connection[Any], statement: str, rows: Iterator[str], to
         progress.advance(task, pending)
 
 
-def _tenancy(dsn: str, owner_user: uuid.UUID) -> tuple[uuid.UUID, list[uuid.UUID], list[uuid.UUID],
-                                                      dict[uuid.UUID, tuple[uuid.UUID, uuid.UUID]]]:
-    app_dsn = _create_login(dsn)
+def _tenancy(dsn: str, app_dsn: str, owner_user: uuid.UUID) -> tuple[
+        uuid.UUID, list[uuid.UUID], list[uuid.UUID], dict[uuid.UUID, tuple[uuid.UUID, uuid.UUID]]]:
     fence = Fence(app_dsn, user_token_secret=SECRET)
     with fence.request(user=owner_user) as conn:
         organisation = api.create_organisation(conn, "bench", "Benchmark Inc.")
@@ -252,8 +251,8 @@ def generate(dsn: str, scale: float, progress: Progress) -> World:
         api.set_token_secret(conn, SECRET)
         owner_user = api.create_user(conn, "owner@bench.test", "Owner")
     anchor = datetime.now(UTC).replace(microsecond=0)
-    organisation, workspaces, projects, environments = _tenancy(dsn, owner_user)
     app_dsn = _create_login(dsn)
+    organisation, workspaces, projects, environments = _tenancy(dsn, app_dsn, owner_user)
     principals, ingest_key = _principals(dsn, app_dsn, owner_user, organisation, workspaces, projects,
                                          progress)
     _telemetry(dsn, projects, environments, traces, anchor, progress)

@@ -178,9 +178,12 @@ RETURNS SETOF iam.held_role
 LANGUAGE plpgsql
 STABLE PARALLEL RESTRICTED
 AS $$
+DECLARE
+    kept iam.held_role[];
 BEGIN
-    IF EXISTS (SELECT FROM iam.open_request()) THEN
-        RETURN QUERY SELECT h.* FROM iam.open_request() AS o, unnest(o.roles) AS h;
+    SELECT o.roles INTO kept FROM iam.open_request() AS o;
+    IF FOUND THEN
+        RETURN QUERY SELECT h.* FROM unnest(kept) AS h;
     ELSE
         RETURN QUERY
         SELECT
