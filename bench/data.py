@@ -42,9 +42,35 @@ SPAN_NAMES = ["db.query", "http.client", "cache.get", "queue.publish", "render",
 
 
 @dataclass
+class Scopes:
+    """Where a principal's grants of one permission are bound, by tier (the resource ids a
+    DBA would filter on: an organisation-wide grant is one organisation id, not its projects)."""
+
+    organisations: list[uuid.UUID] = field(default_factory=list)
+    workspaces: list[uuid.UUID] = field(default_factory=list)
+    projects: list[uuid.UUID] = field(default_factory=list)
+
+    def same(self, other: Scopes) -> bool:
+        return (set(self.organisations), set(self.workspaces), set(self.projects)) == (
+            set(other.organisations), set(other.workspaces), set(other.projects))
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"organisations": [str(x) for x in self.organisations],
+                "workspaces": [str(x) for x in self.workspaces],
+                "projects": [str(x) for x in self.projects]}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, list[str]]) -> Scopes:
+        u = uuid.UUID
+        return cls([u(x) for x in doc["organisations"]], [u(x) for x in doc["workspaces"]],
+                   [u(x) for x in doc["projects"]])
+
+
+@dataclass
 class Principal:
     """Someone the benchmark opens requests as, with the projects it may read (the expected
-    answer, from the generator's own bookkeeping, not from the database)."""
+    answer, from the generator's own bookkeeping, not from the database) and where the grants
+    that give it each permission are bound (what a hand-written filter tests)."""
 
     name: str
     credential_kind: str  # "user" or "api_key"
@@ -52,6 +78,8 @@ class Principal:
     secret: str | None  # the API key secret; users get a fresh token per request
     read: list[uuid.UUID] = field(default_factory=list)  # traces:read (non-production)
     read_prod: list[uuid.UUID] = field(default_factory=list)  # traces:read:prod
+    read_at: Scopes = field(default_factory=Scopes)  # where its traces:read grants are bound
+    read_prod_at: Scopes = field(default_factory=Scopes)  # where its traces:read:prod grants are
 
 
 @dataclass
@@ -192,16 +220,23 @@ def _principals(dsn: str, app_dsn: str, owner_user: uuid.UUID, organisation: uui
             "developer", "workspace_admin", "org_admin", "user_10_bindings", "user_1000_bindings")}
     ws_projects = projects[:PROJECTS_PER_WORKSPACE]
     fence = Fence(app_dsn, user_token_secret=SECRET)
+    at_workspace, at_organisation = Scopes(workspaces=[workspaces[0]]), Scopes(organisations=[organisation])
+    # project_developer holds traces:read, not traces:read:prod; the admins hold both.
     principals = {
-        "developer": Principal("developer", "user", users["developer"], None, read=[projects[0]]),
+        "developer": Principal("developer", "user", users["developer"], None, read=[projects[0]],
+                               read_at=Scopes(projects=[projects[0]])),
         "workspace_admin": Principal("workspace_admin", "user", users["workspace_admin"], None,
-                                     read=ws_projects, read_prod=ws_projects),
+                                     read=ws_projects, read_prod=ws_projects,
+                                     read_at=at_workspace, read_prod_at=at_workspace),
         "org_admin": Principal("org_admin", "user", users["org_admin"], None,
-                               read=list(projects), read_prod=list(projects)),
+                               read=list(projects), read_prod=list(projects),
+                               read_at=at_organisation, read_prod_at=at_organisation),
+        # One binding per project: together every project of the organisation, but bound at
+        # the projects, so a project created later is not theirs.
         "user_1000_bindings": Principal("user_1000_bindings", "user", users["user_1000_bindings"],
-                                        None, read=list(projects)),
+                                        None, read=list(projects), read_at=Scopes(projects=list(projects))),
         "user_10_bindings": Principal("user_10_bindings", "user", users["user_10_bindings"], None,
-                                      read=projects[:10]),
+                                      read=projects[:10], read_at=Scopes(projects=projects[:10])),
     }
     task = progress.add_task("grants", total=3 + len(projects) + 10)
     with fence.request(user=owner_user) as conn:
@@ -220,7 +255,7 @@ def _principals(dsn: str, app_dsn: str, owner_user: uuid.UUID, organisation: uui
                 api.grant_role(conn, users["user_1000_bindings"], "project_developer", p)
         progress.advance(task, 100)
     principals["prod_key"] = Principal("prod_key", "api_key", key.id, key.secret,
-                                       read_prod=[projects[0]])
+                                       read_prod=[projects[0]], read_prod_at=Scopes(projects=[projects[0]]))
     return principals, ingest.secret
 
 
@@ -271,7 +306,8 @@ def save(world: World) -> None:
         "traces": world.traces,
         "principals": {
             name: {"kind": p.credential_kind, "id": str(p.principal_id), "secret": p.secret,
-                   "read": [str(x) for x in p.read], "read_prod": [str(x) for x in p.read_prod]}
+                   "read": [str(x) for x in p.read], "read_prod": [str(x) for x in p.read_prod],
+                   "read_at": p.read_at.as_dict(), "read_prod_at": p.read_prod_at.as_dict()}
             for name, p in world.principals.items()
         },
         "sample_traces": {name: str(t) for name, t in world.sample_traces.items()},
@@ -301,11 +337,17 @@ def load(dsn: str) -> World:
         environments={u(p): (u(a), u(b)) for p, (a, b) in doc["environments"].items()},
         anchor=datetime.fromisoformat(doc["anchor"]),
         traces=doc["traces"],
-        principals={
-            name: Principal(name, p["kind"], u(p["id"]), p["secret"], [u(x) for x in p["read"]],
-                            [u(x) for x in p["read_prod"]])
-            for name, p in doc["principals"].items()
-        },
+        principals={name: _load_principal(name, p) for name, p in doc["principals"].items()},
         sample_traces={name: u(t) for name, t in doc["sample_traces"].items()},
         ingest_key=doc["ingest_key"],
     )
+
+
+def _load_principal(name: str, doc: dict[str, Any]) -> Principal:
+    u = uuid.UUID
+    read, read_prod = [u(x) for x in doc["read"]], [u(x) for x in doc["read_prod"]]
+    # A world saved before the scopes were recorded: its grants as the projects they reach.
+    read_at = Scopes.from_dict(doc["read_at"]) if "read_at" in doc else Scopes(projects=read)
+    read_prod_at = (Scopes.from_dict(doc["read_prod_at"]) if "read_prod_at" in doc
+                    else Scopes(projects=read_prod))
+    return Principal(name, doc["kind"], u(doc["id"]), doc["secret"], read, read_prod, read_at, read_prod_at)

@@ -2,7 +2,7 @@
 traces:write; the database classifies each trace and stamps each span, and row-level security
 checks every row) against the same rows written into an unfenced copy of the tables (same
 rows, columns, keys, indexes and foreign keys; no triggers, no row-level security; the writer
-supplies the classification itself). Batches alternate; the inserted rows and the copy are
+supplies the tier path and the classification itself). Batches alternate; the inserted rows and the copy are
 removed afterwards.
 """
 
@@ -31,15 +31,21 @@ FENCED_SPANS = (
     "INSERT INTO telemetry.spans (id, trace_id, name, started_at)"
     " SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[])"
 )
+# The unfenced writer supplies what the database stamps on the fenced side: the tier path and
+# the classification.
 UNFENCED_TRACES = (
-    "INSERT INTO bench.traces_unfenced (id, project_id, environment_id, is_production, name, started_at)"
-    " SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::boolean[], %s::text[], %s::timestamptz[])"
-)
-UNFENCED_SPANS = (
-    "INSERT INTO bench.spans_unfenced (id, trace_id, project_id, environment_id, is_production, name,"
-    " started_at) SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::uuid[], %s::boolean[],"
+    "INSERT INTO bench.traces_unfenced (id, organisation_id, workspace_id, project_id, environment_id,"
+    " is_production, name, started_at)"
+    " SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::uuid[], %s::uuid[], %s::boolean[],"
     " %s::text[], %s::timestamptz[])"
 )
+UNFENCED_SPANS = (
+    "INSERT INTO bench.spans_unfenced (id, trace_id, organisation_id, workspace_id, project_id,"
+    " environment_id, is_production, name, started_at)"
+    " SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::uuid[], %s::uuid[], %s::uuid[],"
+    " %s::boolean[], %s::text[], %s::timestamptz[])"
+)
+COPIES = {"telemetry.traces": "bench.traces_unfenced", "telemetry.spans": "bench.spans_unfenced"}
 
 
 def install_unfenced_copy(world: World) -> None:
@@ -66,37 +72,37 @@ def install_unfenced_copy(world: World) -> None:
             ).fetchall():
                 _, on = definition.split(" ON ", 1)
                 conn.execute(f"CREATE INDEX ON {copy} " + on.split(" ", 1)[1])
-        conn.execute(
-            "ALTER TABLE bench.traces_unfenced ADD FOREIGN KEY (project_id, environment_id)"
-            " REFERENCES tenancy.environments (project_id, id) ON DELETE CASCADE"
-        )
-        conn.execute(
-            "ALTER TABLE bench.spans_unfenced ADD FOREIGN KEY (project_id, trace_id)"
-            " REFERENCES bench.traces_unfenced (project_id, id) ON DELETE CASCADE"
-        )
-        conn.execute(
-            "ALTER TABLE bench.spans_unfenced ADD FOREIGN KEY (trace_id, parent_span_id)"
-            " REFERENCES bench.spans_unfenced (trace_id, id) ON DELETE CASCADE"
-        )
+        # telemetry's foreign keys, those between its tables pointed at the copies.
+        for table, copy in COPIES.items():
+            for (definition,) in conn.execute(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE conrelid = %s::regclass AND contype = 'f' ORDER BY conname", [table]
+            ).fetchall():
+                for original, replacement in COPIES.items():
+                    definition = definition.replace(f"REFERENCES {original}(", f"REFERENCES {replacement}(")
+                conn.execute(f"ALTER TABLE {copy} ADD {definition}")
         conn.execute("VACUUM ANALYZE bench.traces_unfenced, bench.spans_unfenced")
 
 
 def _batch(world: World, rng: random.Random) -> dict[str, list[Any]]:
     projects = world.projects[:20]  # the ingest key writes to the first workspace
+    workspace = world.workspaces[0]
     b: dict[str, list[Any]] = {k: [] for k in (
-        "tid", "project", "env", "prod", "name", "start", "sid", "strace", "sproject", "senv", "sprod",
-        "sname", "sstart")}
+        "tid", "org", "workspace", "project", "env", "prod", "name", "start", "sid", "strace", "sorg",
+        "sworkspace", "sproject", "senv", "sprod", "sname", "sstart")}
     for _ in range(TRACES_PER_BATCH):
         project = projects[rng.randrange(len(projects))]
         production = rng.random() < 0.6
         env = world.environments[project][0 if production else 1]
         started = world.anchor - timedelta(seconds=rng.randrange(86_400))
         trace = uuid.uuid4()
-        for col, value in (("tid", trace), ("project", project), ("env", env), ("prod", production),
+        for col, value in (("tid", trace), ("org", world.organisation), ("workspace", workspace),
+                           ("project", project), ("env", env), ("prod", production),
                            ("name", TRACE_NAMES[rng.randrange(len(TRACE_NAMES))]), ("start", started)):
             b[col].append(value)
         for k in range(SPANS_PER_TRACE):
-            for col, value in (("sid", uuid.uuid4()), ("strace", trace), ("sproject", project),
+            for col, value in (("sid", uuid.uuid4()), ("strace", trace), ("sorg", world.organisation),
+                               ("sworkspace", workspace), ("sproject", project),
                                ("senv", env), ("sprod", production),
                                ("sname", SPAN_NAMES[k % len(SPAN_NAMES)]), ("sstart", started)):
                 b[col].append(value)
@@ -122,10 +128,10 @@ def run_ingest(world: World, key_secret: str, batches: int, progress: Progress) 
 
         def unfenced() -> None:
             b = _batch(world, rng)
-            owner.execute(UNFENCED_TRACES,
-                          [b["tid"], b["project"], b["env"], b["prod"], b["name"], b["start"]])
-            owner.execute(UNFENCED_SPANS, [b["sid"], b["strace"], b["sproject"], b["senv"], b["sprod"],
-                                           b["sname"], b["sstart"]])
+            owner.execute(UNFENCED_TRACES, [b["tid"], b["org"], b["workspace"], b["project"], b["env"],
+                                            b["prod"], b["name"], b["start"]])
+            owner.execute(UNFENCED_SPANS, [b["sid"], b["strace"], b["sorg"], b["sworkspace"], b["sproject"],
+                                           b["senv"], b["sprod"], b["sname"], b["sstart"]])
             owner.commit()
             progress.advance(task)
 

@@ -1,11 +1,16 @@
 """What a whole request costs: BEGIN, iam.begin_request, one point query, COMMIT, against the
-same transaction without the context call (as the owner, with the explicit filter), driven by
-pgbench (a C client, so the numbers are the server's and the protocol's, not Python's) at 1 and
-2 concurrent clients. Runs alternate, fenced and unfenced, several times each.
+same transaction without the context call (as the owner, with the literal filter), driven by
+pgbench (a C client, so the numbers are the server's and the protocol's, not Python's) at 1, 2
+and 8 concurrent clients. Runs alternate, fenced and unfenced, several times each.
 
-The fenced request is measured twice: with BEGIN and begin_request in one round trip (pgbench's
-\\;), the least a client needs, and in two, as Fence.request sends them today. Every other
-statement is its own round trip, in both transactions.
+The fenced request is measured twice: "fenced", with BEGIN and begin_request in one round trip
+(pgbench's \\;), which is what Fence.request sends (BEGIN and the call in one pipeline), and
+"fenced_begin_apart", in two, as Fence.request sent them before. Every other statement is its
+own round trip, in every transaction.
+
+iam.begin_request assigns the transaction an id, so a fenced request, read-only as it is,
+commits with a WAL record (and its flush). "unfenced_with_xid" is the unfenced transaction
+taking an id the same way (pg_current_xact_id() with its BEGIN): what that alone costs.
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ from bench.timing import Sample
 from tracefence import user_token
 
 # pgbench's simple protocol substitutes the variables as text; none of them holds a quote.
-# FENCED sends BEGIN and the context call in one round trip, the least a client needs;
-# BEGIN_APART in two, as Fence.request does today (psycopg sends BEGIN on its own).
+# FENCED sends BEGIN and the context call in one round trip, as Fence.request does (a pipeline);
+# BEGIN_APART in two, as Fence.request did before (psycopg sent BEGIN on its own).
 BEGIN_APART = """BEGIN;
 SELECT iam.begin_request(':credential');
 SELECT id, name, started_at FROM telemetry.traces WHERE id = ':trace';
@@ -44,6 +49,17 @@ SELECT id, name, started_at FROM telemetry.traces WHERE id = ':trace'
        OR (is_production AND project_id = ANY(':read_prod'::uuid[])));
 COMMIT;
 """
+UNFENCED_WITH_XID = """BEGIN \\; SELECT pg_current_xact_id();
+SELECT id, name, started_at FROM telemetry.traces WHERE id = ':trace'
+  AND ((NOT is_production AND project_id = ANY(':read'::uuid[]))
+       OR (is_production AND project_id = ANY(':read_prod'::uuid[])));
+COMMIT;
+"""
+CLIENTS = (1, 2, 8)
+VARIANTS_NOTE = ("fenced: BEGIN and iam.begin_request in one round trip, as Fence.request sends them"
+                 " (one pipeline); fenced_begin_apart: in two, as Fence.request sent them before;"
+                 " unfenced_with_xid: the unfenced transaction taking a transaction id, as"
+                 " begin_request does")
 
 
 def pgbench_path() -> str:
@@ -113,6 +129,7 @@ def run_overhead(world: World, rounds: int, seconds: float, progress: Progress) 
     # developers at the first project.
     variants: dict[str, tuple[str, str, dict[str, str]]] = {
         "unfenced": (owner_dsn, UNFENCED, explicit),
+        "unfenced_with_xid": (owner_dsn, UNFENCED_WITH_XID, explicit),
         "fenced": (world.app_dsn, FENCED, {"credential": credential("developer"), "trace": trace}),
         "fenced_begin_apart": (world.app_dsn, BEGIN_APART,
                                {"credential": credential("developer"), "trace": trace}),
@@ -121,11 +138,11 @@ def run_overhead(world: World, rounds: int, seconds: float, progress: Progress) 
         "user_1000_bindings": (world.app_dsn, FENCED,
                                {"credential": credential("user_1000_bindings"), "trace": trace}),
     }
-    results: dict[str, Any] = {}
-    task = progress.add_task("requests", total=2 * rounds * len(variants))
+    results: dict[str, Any] = {"variants": VARIANTS_NOTE}
+    task = progress.add_task("requests", total=len(CLIENTS) * rounds * len(variants))
     with tempfile.TemporaryDirectory(prefix="tracefence-bench-") as tmp:
         workdir = Path(tmp)
-        for clients in (1, 2):
+        for clients in CLIENTS:
             measured = {name: Throughput([], []) for name in variants}
             for r in range(rounds):
                 names = list(variants)
@@ -140,6 +157,8 @@ def run_overhead(world: World, rounds: int, seconds: float, progress: Progress) 
                 block["fenced"]["tps_median"] / block["unfenced"]["tps_median"], 3)
             block["begin_apart_throughput_ratio"] = round(
                 block["fenced_begin_apart"]["tps_median"] / block["unfenced"]["tps_median"], 3)
+            block["xid_throughput_ratio"] = round(
+                block["unfenced_with_xid"]["tps_median"] / block["unfenced"]["tps_median"], 3)
             block["bindings_1000_vs_10_latency_ratio"] = round(
                 block["user_1000_bindings"]["latency"]["median_ms"]
                 / block["user_10_bindings"]["latency"]["median_ms"], 3)

@@ -1,39 +1,49 @@
-"""The four read queries, each run three or four ways on the same data in one run:
+"""The four read queries, each run five ways on the same data in one run:
 
 - fenced: inside a request opened with iam.begin_request, as the application role, with no
   filter of its own: row-level security decides what the principal sees;
-- explicit: as tracefence_owner (no row-level security), with the equivalent hand-written
-  WHERE (the principal's projects and classification, as literal arrays): the physical limit;
+- limit: as tracefence_owner (no row-level security), with the filter a DBA would write for
+  that principal's grants on the same schema and indexes: the tier column each grant is bound
+  at (organisation_id = the organisation for an organisation-wide grant, workspace_id for a
+  workspace, project_id for projects), split by classification only where the principal's
+  traces:read and traces:read:prod grants differ: the physical limit;
+- literal: as tracefence_owner, the visibility rule with the principal's projects as literal
+  arrays (the baseline before rows carried their tier path);
 - naive and wrapped: the policies people usually write, installed side by side for two roles
   of their own: a per-row EXISTS against a membership table that reads
   current_setting('bench.principal') unwrapped (naive), or wrapped in (SELECT ...) (wrapped).
 
-Every variant must return the same rows as the explicit query, or the run stops.
+Every variant must return the same rows as the limit query, or the run stops. The plans of the
+fenced and the limit query (EXPLAIN, costs off, as timed: the prepared statement's plan once
+psycopg has prepared it) are kept with the results.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from rich.progress import Progress
 
-from bench.data import SECRET, Principal, World
+from bench.data import SECRET, Principal, Scopes, World
 from bench.timing import Sample, interleave
 from tracefence import user_token
 
-# The visibility rule of SPEC §2, written by hand for the owner's explicit queries.
+# The visibility rule of SPEC §2 with the principal's projects as literal arrays.
 VISIBLE = "((NOT {t}.is_production AND {t}.project_id = ANY(%(read)s::uuid[]))" \
           " OR ({t}.is_production AND {t}.project_id = ANY(%(read_prod)s::uuid[])))"
+TIMED = ("fenced", "limit", "literal")  # interleaved at full rounds; naive and wrapped at fewer
 
 
 @dataclass(frozen=True)
 class Query:
     key: str
     title: str
-    sql: str  # as the application writes it; {where} and {span_where} take the explicit filter
+    sql: str  # as the application writes it; {where} and {span_where} take a hand-written filter
 
 
 QUERIES = [
@@ -102,6 +112,41 @@ def install_baselines(world: World) -> None:
                 )
 
 
+def _scope_filter(scopes: Scopes, t: str, prefix: str, params: dict[str, Any]) -> str:
+    """The rows below `scopes`: one comparison per tier that holds a grant, = for one id,
+    = ANY for several; "false" for none."""
+    arms = []
+    for column, ids, name in (("organisation_id", scopes.organisations, "org"),
+                              ("workspace_id", scopes.workspaces, "workspace"),
+                              ("project_id", scopes.projects, "project")):
+        if len(ids) == 1:
+            arms.append(f"{t}.{column} = %({prefix}_{name})s")
+            params[f"{prefix}_{name}"] = ids[0]
+        elif ids:
+            arms.append(f"{t}.{column} = ANY(%({prefix}_{name}s)s::uuid[])")
+            params[f"{prefix}_{name}s"] = list(ids)
+    if not arms:
+        return "false"
+    return arms[0] if len(arms) == 1 else "(" + " OR ".join(arms) + ")"
+
+
+def limit_filter(p: Principal, t: str) -> tuple[str, dict[str, Any]]:
+    """The hand-written filter of what `p` reads in the table aliased `t`, and its parameters:
+    the scope test alone where traces:read and traces:read:prod are bound at the same places,
+    else one or both classification arms (NOT is_production needs traces:read, is_production
+    traces:read:prod)."""
+    params: dict[str, Any] = {}
+    if p.read_at.same(p.read_prod_at):
+        return _scope_filter(p.read_at, t, "read", params), params
+    read = _scope_filter(p.read_at, t, "read", params)
+    prod = _scope_filter(p.read_prod_at, t, "prod", params)
+    if prod == "false":
+        return f"(NOT {t}.is_production AND {read})", params
+    if read == "false":
+        return f"({t}.is_production AND {prod})", params
+    return f"((NOT {t}.is_production AND {read}) OR ({t}.is_production AND {prod}))", params
+
+
 def _params(world: World, p: Principal) -> dict[str, Any]:
     return {
         "project": world.projects[0],
@@ -109,12 +154,49 @@ def _params(world: World, p: Principal) -> dict[str, Any]:
         "trace": world.sample_traces[p.name],
         "read": p.read,
         "read_prod": p.read_prod,
+        **limit_filter(p, "t")[1],
     }
 
 
-def _runner(conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]) -> Callable[[], list[Any]]:
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def _as_sent(query: str) -> tuple[str, list[str]]:
+    """The text psycopg sends for `query` (each named placeholder numbered in order of first
+    appearance) and the names in that order: how pg_prepared_statements shows it."""
+    names: list[str] = []
+
+    def number(m: re.Match[str]) -> str:
+        if m.group(1) not in names:
+            names.append(m.group(1))
+        return f"${names.index(m.group(1)) + 1}"
+
+    return _PLACEHOLDER.sub(number, query), names
+
+
+def timed_plan(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> dict[str, Any]:
+    """EXPLAIN (ANALYZE off, COSTS off) of `query` as the timed runs executed it: once psycopg
+    prepared it, the prepared statement's plan (generic or custom, as the plan cache now
+    chooses), else a plan for these parameters."""
+    text, names = _as_sent(query)
+    prepared = conn.execute(
+        "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = %s",
+        [text], prepare=False).fetchone()
+    if prepared is None:
+        rows = conn.execute("EXPLAIN (ANALYZE off, COSTS off) " + query, params, prepare=False).fetchall()
+        return {"plan": "\n".join(r[0] for r in rows), "prepared": False}
+    name, generic, custom = prepared
+    arguments = sql.SQL("({})").format(sql.SQL(", ").join(sql.Literal(params[n]) for n in names))
+    explain = sql.SQL("EXPLAIN (ANALYZE off, COSTS off) EXECUTE {}{}").format(
+        sql.Identifier(name), arguments if names else sql.SQL(""))
+    rows = conn.execute(explain, prepare=False).fetchall()
+    return {"plan": "\n".join(r[0] for r in rows), "prepared": True,
+            "generic_plans": generic, "custom_plans": custom}
+
+
+def _runner(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> Callable[[], list[Any]]:
     def run() -> list[Any]:
-        return conn.execute(sql, params).fetchall()
+        return conn.execute(query, params).fetchall()
     return run
 
 
@@ -124,9 +206,11 @@ class QueryResult:
     principal: str
     rows: int
     samples: dict[str, Sample]
+    limit_filter: str = ""
+    plans: dict[str, dict[str, Any]] = field(default_factory=dict)  # fenced, limit
 
-    def ratio(self, variant: str) -> float:
-        return self.samples[variant].median / self.samples["explicit"].median
+    def ratio(self, variant: str, baseline: str = "limit") -> float:
+        return self.samples[variant].median / self.samples[baseline].median
 
 
 def run_queries(world: World, rounds: int, baseline_rounds: int, progress: Progress,
@@ -145,26 +229,34 @@ def run_queries(world: World, rounds: int, baseline_rounds: int, progress: Progr
             for conn, kind in ((naive, "naive"), (wrapped, "wrapped")):
                 conn.execute(f"SET ROLE {BASELINE_ROLES[kind]}")
                 conn.execute("SELECT set_config('bench.principal', %s, true)", [str(p.principal_id)])
+            # Spans carry their trace's tier path and classification: the same filter on s.
+            trace_filter, span_filter = limit_filter(p, "t")[0], limit_filter(p, "s")[0]
             for q in QUERIES:
                 plain = q.sql.format(where="", span_where="")
-                explicit = q.sql.format(where="AND " + VISIBLE.format(t="t"),
-                                        span_where="AND " + VISIBLE.format(t="s"))
+                texts = {
+                    "limit": q.sql.format(where="AND " + trace_filter, span_where="AND " + span_filter),
+                    "literal": q.sql.format(where="AND " + VISIBLE.format(t="t"),
+                                            span_where="AND " + VISIBLE.format(t="s")),
+                }
                 run = {
                     "fenced": _runner(fenced, plain, params),
-                    "explicit": _runner(owner, explicit, params),
+                    "limit": _runner(owner, texts["limit"], params),
+                    "literal": _runner(owner, texts["literal"], params),
                     "naive": _runner(naive, plain, params),
                     "wrapped": _runner(wrapped, plain, params),
                 }
-                expected = run["explicit"]()
+                expected = run["limit"]()
                 for variant, runner in run.items():
                     got = runner()
                     if got != expected:
                         raise AssertionError(
-                            f"{q.key} as {name}: {variant} returned {len(got)} rows, explicit {len(expected)}"
+                            f"{q.key} as {name}: {variant} returned {len(got)} rows, limit {len(expected)}"
                         )
-                samples = interleave({k: run[k] for k in ("fenced", "explicit")}, rounds)
+                samples = interleave({k: run[k] for k in TIMED}, rounds)
                 samples.update(interleave({k: run[k] for k in ("naive", "wrapped")}, baseline_rounds))
-                results.append(QueryResult(q, name, len(expected), samples))
+                plans = {"fenced": timed_plan(fenced, plain, params),
+                         "limit": timed_plan(owner, texts["limit"], params)}
+                results.append(QueryResult(q, name, len(expected), samples, trace_filter, plans))
                 progress.advance(task)
             for conn in (fenced, owner, naive, wrapped):
                 conn.rollback()

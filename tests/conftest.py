@@ -22,6 +22,15 @@ TOKEN_SECRET = b"tracefence-test-token-secret-0123456789abcdef"
 APP_LOGIN = "tracefence_test_app"
 SERVICE_LOGIN = "tracefence_test_service"
 LOGIN_PASSWORD = "tracefence-test-login"
+# Prepared transactions on, as many production servers have them, so the attack tests can use
+# PREPARE TRANSACTION; durability off, because a test cluster is thrown away (.ci/run starts
+# Debian's PostgreSQL 15 with the same settings).
+TEST_SERVER_SETTINGS = {
+    "max_prepared_transactions": "10",
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+}
 
 
 def _external_conninfo() -> str | None:
@@ -81,7 +90,7 @@ def server() -> Iterator[Server]:
     if external is not None:
         yield _server_from(external)
         return
-    with embedded_server() as conninfo:
+    with embedded_server(settings=TEST_SERVER_SETTINGS) as conninfo:
         yield _server_from(conninfo)
 
 

@@ -183,6 +183,11 @@ class Model:
             current = self.resources[current].parent
         return chain
 
+    def tier_path(self, project: UUID) -> tuple[UUID, UUID, UUID]:
+        """(organisation, workspace, project) of a project: what a row of it carries (Fence v2)."""
+        project_id, workspace, organisation = self.lineage(project)
+        return organisation, workspace, project_id
+
     def principals(self) -> set[UUID]:
         return {b.principal for b in self.bindings} | set(self.keys)
 

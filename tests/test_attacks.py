@@ -38,6 +38,11 @@ from tracefence import (
 
 Connection = psycopg.Connection[Any]
 
+def _array(values: list[Any]) -> str:
+    """A PostgreSQL array literal, as the context carries permissions and scopes."""
+    return "{" + ",".join(str(v) for v in values) + "}"
+
+
 ALL_PERMISSIONS = [
     "api-keys:read", "api-keys:write", "audit:read", "environments:write", "members:read",
     "members:write", "org:manage", "projects:manage", "projects:read", "traces:read",
@@ -312,19 +317,21 @@ def test_context_copied_from_an_earlier_transaction_of_the_same_connection_is_re
 
 EDITS: dict[str, Callable[[Scene], dict[str, Any]]] = {
     "grants widened to the organisation": lambda s: {
-        "grants": [
-            {"resource": str(s.org.id), "role": "org_owner", "permissions": ALL_PERMISSIONS}
-        ]
+        "grants": [{"r": "org_owner", "p": _array(ALL_PERMISSIONS), "s": _array([s.org.id])}]
     },
     "grants widened to project a": lambda s: {
         "grants": [
-            {"resource": str(s.b.id), "role": "project_admin", "permissions": ALL_PERMISSIONS},
-            {"resource": str(s.a.id), "role": "project_admin", "permissions": ALL_PERMISSIONS},
+            {"r": "project_admin", "p": _array(ALL_PERMISSIONS), "s": _array([s.b.id, s.a.id])},
         ]
+    },
+    "window of a grant moved": lambda s: {
+        "grants": [{"r": "project_developer", "p": _array(ALL_PERMISSIONS), "s": _array([s.b.id]),
+                    "u": 99999999999999999}]
     },
     "principal swapped for the owner": lambda s: {"principal": str(s.org.owner)},
     "kind changed": lambda s: {"kind": "api_key"},
-    "version bumped": lambda s: {"version": 3},
+    "version bumped": lambda s: {"version": 4},
+    "binding moved to no transaction": lambda s: {"binding": ""},
 }
 
 
@@ -379,15 +386,17 @@ def test_clearing_the_request_setting_mid_request_makes_nothing_visible(db):
 # --------------------------------------------------------------------------------------------
 
 INTERNAL_CALLS = {
-    "iam.store_request_context": "SELECT iam.store_request_context('{\"principal\": null}', '{}')",
+    "iam.store_request_context": "SELECT iam.store_request_context('{\"principal\": null}')",
     "iam.request_context": "SELECT iam.request_context()",
-    "iam.request_binding": "SELECT iam.request_binding()",
-    "iam.extend_request": "SELECT iam.extend_request('{}')",
-    "iam.request_roles": "SELECT * FROM iam.request_roles()",
-    "iam.open_request": "SELECT * FROM iam.open_request()",
+    "iam.transaction_identity": "SELECT iam.transaction_identity()",
+    "iam.extend_request": "SELECT iam.extend_request(ROW('org_owner', '{}', '{}', NULL))",
+    "iam.request_grants": "SELECT * FROM iam.request_grants(now())",
+    "iam.compact_grant": "SELECT iam.compact_grant(ROW('org_owner', '{}', '{}', NULL))",
     "iam.verified_context": "SELECT iam.verified_context('x')",
-    "iam.binding_roles": "SELECT iam.binding_roles(gen_random_uuid(), now())",
-    "iam.api_key_roles": "SELECT iam.api_key_roles(gen_random_uuid(), now())",
+    "iam.user_grants": "SELECT iam.user_grants(gen_random_uuid(), now())",
+    "iam.key_grants": "SELECT iam.key_grants(gen_random_uuid(), now())",
+    "iam.fence_key": "SELECT iam.fence_key('traces:read', true)",
+    "iam.install_fence": "SELECT iam.install_fence('telemetry.traces', 'x', NULL, 'x', true, 'x')",
     "iam.verify_user_token": "SELECT iam.verify_user_token('tfu_x.y')",
     "iam.effective_permission_set": (
         "SELECT iam.effective_permission_set(gen_random_uuid(), gen_random_uuid(), now())"
@@ -440,6 +449,7 @@ PUBLISHED_TO_APP = {
     "iam.begin_request(text)",
     "iam.current_principal()",
     "iam.permitted_projects(text)",
+    "iam.permitted_scopes(text)",
     "iam.visible_resources()",
     "iam.request_permissions(uuid)",
     "iam.effective_permissions(uuid,uuid)",
@@ -480,7 +490,7 @@ def test_app_role_can_execute_only_the_published_functions(db):
 SECRET_TABLES = [
     "iam.request_signing_key", "iam.token_secret", "iam.api_keys", "iam.api_key_scopes",
     "iam.role_bindings", "iam.users", "iam.principals", "tenancy.resources",
-    "iam.open_requests", "tenancy.descendant_projects",
+    "tenancy.descendant_projects",
 ]
 
 
@@ -531,12 +541,6 @@ def _writes(s: Scene, mallory: UUID) -> list[tuple[str, str, list[Any]]]:
         ("users update", "UPDATE iam.users SET disabled_at = NULL", []),
         ("token_secret update", "UPDATE iam.token_secret SET inner_pad = outer_pad", []),
         ("signing key update", "UPDATE iam.request_signing_key SET inner_pad = outer_pad", []),
-        # The fast path's row: planting one for this backend and transaction would open a
-        # request without a credential.
-        ("open request planted", "INSERT INTO iam.open_requests (backend_pid, transaction_id, signed, "
-         "context, roles) VALUES (pg_backend_pid(), pg_current_xact_id(), 'x', %s, '{}')",
-         [Jsonb({"principal": str(s.org.owner), "kind": "user"})]),
-        ("open request widened", "UPDATE iam.open_requests SET roles = roles || roles", []),
         ("descendant projects widened", "UPDATE tenancy.descendant_projects SET projects = %s",
          [[a.id, b.id]]),
         ("traces update", "UPDATE telemetry.traces SET name = 'pwned'", []),
@@ -870,12 +874,12 @@ def test_span_cannot_point_at_another_projects_trace(db):
             conn, "INSERT INTO telemetry.spans (trace_id, parent_span_id, name) "
             "VALUES (%s, %s, 'x')", [s.traces["a_staging"], s.spans["b_staging"]],
         ) == "23503"
-    # Behind the fence too.
+    # Behind the fence too: trace ids are unique per project, and project a has no such trace.
     assert sqlstate(
         db.admin(),
         "INSERT INTO telemetry.spans (trace_id, project_id, environment_id, name) "
         "VALUES (%s, %s, %s, 'x')", [foreign, s.a.id, s.a.staging],
-    ) == "23514"
+    ) == "23503"
     assert db.snapshot() == before
     # Not vacuous: a span on alice's own trace is accepted and stamped from it.
     with db.fence().request(user=s.alice) as conn:

@@ -195,14 +195,15 @@ def test_tf001_unclassified_project_table(admin: Connection) -> None:
 
 
 def test_tf001_table_linked_to_a_project_table_classified_internal(admin: Connection) -> None:
+    # Trace ids are unique per project only, so the tags point at an environment's global id.
     admin.execute(
-        "CREATE TABLE public.trace_tags (trace_id uuid PRIMARY KEY"
-        " REFERENCES telemetry.traces (id) ON DELETE CASCADE, tag text)"
+        "CREATE TABLE public.trace_tags (environment_id uuid PRIMARY KEY"
+        " REFERENCES tenancy.environments (id) ON DELETE CASCADE, tag text)"
     )
     assert "TF001" in codes(admin, "public.trace_tags")
     admin.execute("SELECT conformance.classify('public.trace_tags', 'internal', 'tags')")
     finding = flagged(admin, "TF001", "public.trace_tags")
-    assert "telemetry.traces" in finding["detail"]
+    assert "tenancy.environments" in finding["detail"]
     assert isolation(admin, "public.trace_tags")["status"] == "violations"
     # Fixed: the tags carry their project and are fenced by it.
     admin.execute("DROP TABLE public.trace_tags")

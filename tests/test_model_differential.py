@@ -369,6 +369,13 @@ def compare(db: Database, world: World) -> list[str]:
                _ids(conn, "SELECT id FROM telemetry.traces"))
         differ(principal, "visible spans", model.visible_spans(p, now),
                _ids(conn, "SELECT id FROM telemetry.spans"))
+        # Every row it reads carries its project's tier path, as the model places the project.
+        for table in ("traces", "spans"):
+            rows = conn.execute(
+                f"SELECT project_id, organisation_id, workspace_id FROM telemetry.{table}"
+            ).fetchall()
+            differ(principal, f"tier path of visible {table}",
+                   sorted(model.tier_path(r[0]) for r in rows), sorted((r[1], r[2], r[0]) for r in rows))
         actual_eff = _eff_rows(conn, [p], resources)
         for r in resources:
             differ(principal, f"eff at {model.resources[r].tier} {r}",

@@ -123,10 +123,6 @@ BEGIN
             recorded := recorded + iam.sweep_principal(principal);
         END IF;
     END LOOP;
-    -- Open-request rows of backends that have exited: harmless (their transaction ids never
-    -- come back), removed so the table stays as small as the set of live backends.
-    DELETE FROM iam.open_requests AS o
-    WHERE NOT EXISTS (SELECT FROM pg_stat_activity AS a WHERE a.pid = o.backend_pid);
     RETURN recorded;
 END
 $$;

@@ -130,6 +130,38 @@ BEGIN
 END
 $$;
 
+-- Does a table carry its tier path: organisation_id and workspace_id beside project_id, held
+-- true by a foreign key to tenancy.projects (organisation_id, workspace_id, id)? Then a policy
+-- may test a wider grant on those columns (iam.fence_key), and the row cannot lie about them.
+CREATE OR REPLACE FUNCTION conformance.has_tier_path(target oid)
+RETURNS boolean
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (
+        SELECT
+        FROM pg_catalog.pg_constraint AS k
+        WHERE
+            k.conrelid = target AND k.contype = 'f'
+            AND k.confrelid = 'tenancy.projects'::regclass
+            AND ARRAY(
+                SELECT a.attname::text
+                FROM unnest(k.conkey) WITH ORDINALITY AS c (attnum, i)
+                INNER JOIN pg_catalog.pg_attribute AS a ON k.conrelid = a.attrelid AND c.attnum = a.attnum
+                ORDER BY c.i
+            ) = ARRAY['organisation_id', 'workspace_id', 'project_id']
+            AND ARRAY(
+                SELECT a.attname::text
+                FROM unnest(k.confkey) WITH ORDINALITY AS c (attnum, i)
+                INNER JOIN pg_catalog.pg_attribute AS a ON k.confrelid = a.attrelid AND c.attnum = a.attnum
+                ORDER BY c.i
+            ) = ARRAY['organisation_id', 'workspace_id', 'id']
+    )
+$$;
+COMMENT ON FUNCTION conformance.has_tier_path(oid) IS
+'Does the table carry organisation_id and workspace_id bound to its project by a foreign key?';
+
 -- Is a deparsed expression exactly "<scope column> = ANY (<package access function>)"? The
 -- access functions are iam.permitted_projects('<literal permission>') and
 -- iam.visible_resources(); `wrapped` asks for the (SELECT ...) form that makes an initPlan.
@@ -151,9 +183,40 @@ $$;
 COMMENT ON FUNCTION conformance.is_scope_key(text, text, boolean) IS
 'Is the expression the scope column compared with a package access function''s answer?';
 
+-- Is a deparsed expression the tier-path key of iam.fence_key: organisation_id, workspace_id
+-- and project_id each compared with iam.permitted_scopes('<permission>'), the same permission?
+CREATE OR REPLACE FUNCTION conformance.is_tier_path_key(expression text)
+RETURNS boolean
+LANGUAGE plpgsql
+IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    parts text[] := conformance.boolean_operands(conformance.strip_parentheses(expression), 'OR');
+    arm text := ' = ANY \(\(\s*SELECT iam\.permitted_scopes\((''([^'']|'''')*'')::text\) AS ("[^"]+"|\w+)\)(::uuid\[\])?\)$';
+    permissions text[] := '{}';
+    i integer;
+BEGIN
+    IF cardinality(parts) <> 3 THEN
+        RETURN false;
+    END IF;
+    FOR i IN 1..3 LOOP
+        IF conformance.strip_parentheses(parts[i])
+            !~ ('^' || (ARRAY['organisation_id', 'workspace_id', 'project_id'])[i] || arm)
+        THEN
+            RETURN false;
+        END IF;
+        permissions := permissions || (regexp_match(conformance.strip_parentheses(parts[i]), arm))[1];
+    END LOOP;
+    RETURN permissions[1] = permissions[2] AND permissions[2] = permissions[3];
+END
+$$;
+COMMENT ON FUNCTION conformance.is_tier_path_key(text) IS
+'Is the expression iam.fence_key''s tier-path form: the three tier columns against one permission?';
+
 -- Does every row a policy clause admits carry the scope: each top-level OR branch has, among
 -- its top-level AND operands, a scope key (or a branch of keyed OR operands)?
-CREATE OR REPLACE FUNCTION conformance.is_keyed(expression text, scope_column text)
+CREATE OR REPLACE FUNCTION conformance.is_keyed(expression text, scope_column text, tier_path boolean)
 RETURNS boolean
 LANGUAGE plpgsql
 IMMUTABLE PARALLEL SAFE
@@ -168,13 +231,14 @@ BEGIN
     END IF;
     IF conformance.is_scope_key(expression, scope_column, true)
         OR conformance.is_scope_key(expression, scope_column, false)
+        OR (tier_path AND scope_column = 'project_id' AND conformance.is_tier_path_key(expression))
     THEN
         RETURN true;
     END IF;
     parts := conformance.boolean_operands(expression, 'OR');
     IF cardinality(parts) > 1 THEN
         FOREACH part IN ARRAY parts LOOP
-            IF NOT conformance.is_keyed(part, scope_column) THEN
+            IF NOT conformance.is_keyed(part, scope_column, tier_path) THEN
                 RETURN false;
             END IF;
         END LOOP;
@@ -183,13 +247,24 @@ BEGIN
     parts := conformance.boolean_operands(expression, 'AND');
     IF cardinality(parts) > 1 THEN
         FOREACH part IN ARRAY parts LOOP
-            IF conformance.is_keyed(part, scope_column) THEN
+            IF conformance.is_keyed(part, scope_column, tier_path) THEN
                 RETURN true;
             END IF;
         END LOOP;
     END IF;
     RETURN false;
 END
+$$;
+COMMENT ON FUNCTION conformance.is_keyed(text, text, boolean) IS
+'Does every row the policy clause admits satisfy a scope key (or, with a tier path, the tier-path key)?';
+
+CREATE OR REPLACE FUNCTION conformance.is_keyed(expression text, scope_column text)
+RETURNS boolean
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT conformance.is_keyed(expression, scope_column, false)
 $$;
 COMMENT ON FUNCTION conformance.is_keyed(text, text) IS
 'Does every row the policy clause admits satisfy a scope key on the scope column?';
@@ -504,6 +579,9 @@ REVOKE ALL ON FUNCTION conformance.strip_parentheses(text) FROM public;
 REVOKE ALL ON FUNCTION conformance.boolean_operands(text, text) FROM public;
 REVOKE ALL ON FUNCTION conformance.is_scope_key(text, text, boolean) FROM public;
 REVOKE ALL ON FUNCTION conformance.is_keyed(text, text) FROM public;
+REVOKE ALL ON FUNCTION conformance.is_keyed(text, text, boolean) FROM public;
+REVOKE ALL ON FUNCTION conformance.is_tier_path_key(text) FROM public;
+REVOKE ALL ON FUNCTION conformance.has_tier_path(oid) FROM public;
 REVOKE ALL ON FUNCTION conformance.is_always_true(text) FROM public;
 REVOKE ALL ON FUNCTION conformance.called_functions(pg_node_tree) FROM public;
 REVOKE ALL ON FUNCTION conformance.written_in_this_transaction(xid) FROM public;

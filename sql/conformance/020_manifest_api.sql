@@ -202,8 +202,6 @@ AS $$
 DECLARE
     rel regclass;
     stale record;
-    read_key text;
-    write_key text;
 BEGIN
     IF target IS NULL OR NOT EXISTS (
         SELECT FROM pg_class AS c WHERE c.oid = target AND c.relkind IN ('r', 'p')
@@ -234,13 +232,6 @@ BEGIN
     PERFORM conformance.require_project_permission('read', read_permission);
     PERFORM conformance.require_project_permission('write', write_permission);
 
-    read_key := format(
-        'project_id = ANY ((SELECT iam.permitted_projects(%L))::uuid[])', read_permission
-    );
-    write_key := format(
-        'project_id = ANY ((SELECT iam.permitted_projects(%L))::uuid[])', write_permission
-    );
-
     FOR rel IN
         WITH RECURSIVE tree (oid) AS (
             SELECT target::oid
@@ -265,23 +256,8 @@ BEGIN
                 stale.policy_name, rel;
             EXECUTE format('DROP POLICY %I ON %s', stale.policy_name, rel);
         END LOOP;
-        EXECUTE format('DROP POLICY IF EXISTS tracefence_read ON %s', rel);
-        EXECUTE format(
-            'CREATE POLICY tracefence_read ON %s FOR SELECT TO tracefence_app USING (%s)', rel, read_key
-        );
-        EXECUTE format('DROP POLICY IF EXISTS tracefence_insert ON %s', rel);
-        EXECUTE format(
-            'CREATE POLICY tracefence_insert ON %s FOR INSERT TO tracefence_app WITH CHECK (%s)',
-            rel, write_key
-        );
-        EXECUTE format('DROP POLICY IF EXISTS tracefence_update ON %s', rel);
-        EXECUTE format(
-            'CREATE POLICY tracefence_update ON %s FOR UPDATE TO tracefence_app USING (%s) WITH CHECK (%s)',
-            rel, write_key, write_key
-        );
-        EXECUTE format('DROP POLICY IF EXISTS tracefence_delete ON %s', rel);
-        EXECUTE format(
-            'CREATE POLICY tracefence_delete ON %s FOR DELETE TO tracefence_app USING (%s)', rel, write_key
+        PERFORM iam.install_fence(
+            rel, read_permission, NULL, write_permission, conformance.has_tier_path(rel), 'tracefence'
         );
         -- A partition already has its parent's trigger, cloned (and not replaceable).
         IF NOT EXISTS (

@@ -29,6 +29,6 @@ WHERE
     AND p.command IN ('SELECT', 'UPDATE', 'DELETE', 'ALL')
     AND p.using_expression IS NOT NULL
     AND NOT conformance.is_always_true(p.using_expression)
-    AND NOT conformance.is_keyed(p.using_expression, t.scope_column);
+    AND NOT conformance.is_keyed(p.using_expression, t.scope_column, conformance.has_tier_path(t.oid));
 COMMENT ON VIEW conformance.check_policies_not_keyed IS
 'TF006: a policy on a project-scoped table not filtered by the project through the package.';

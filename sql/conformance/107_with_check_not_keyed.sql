@@ -10,7 +10,7 @@ SELECT
         'policy %I (%s): WITH CHECK %s does not carry the project scope%s',
         p.policy_name, p.command, p.check_expression,
         CASE
-            WHEN conformance.is_keyed(p.using_expression, t.scope_column)
+            WHEN conformance.is_keyed(p.using_expression, t.scope_column, conformance.has_tier_path(t.oid))
                 THEN
                     ' and is weaker than its USING clause: rows can be written into projects '
                     || 'the principal may not write'
@@ -33,6 +33,6 @@ WHERE
     AND p.command IN ('INSERT', 'UPDATE', 'ALL')
     AND p.check_expression IS NOT NULL
     AND NOT conformance.is_always_true(p.check_expression)
-    AND NOT conformance.is_keyed(p.check_expression, t.scope_column);
+    AND NOT conformance.is_keyed(p.check_expression, t.scope_column, conformance.has_tier_path(t.oid));
 COMMENT ON VIEW conformance.check_with_check_not_keyed IS
 'TF007: a WITH CHECK clause on a project-scoped table that does not carry the project scope.';

@@ -27,7 +27,9 @@ WHERE
     AND p.applies_to_app
     AND p.permissive
     AND p.command IN ('UPDATE', 'ALL')
-    AND NOT conformance.is_keyed(coalesce(p.check_expression, p.using_expression), t.scope_column)
+    AND NOT conformance.is_keyed(
+        coalesce(p.check_expression, p.using_expression), t.scope_column, conformance.has_tier_path(t.oid)
+    )
 UNION ALL
 SELECT
     'TF008'::text AS code,

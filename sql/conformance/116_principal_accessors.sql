@@ -32,7 +32,8 @@ accessors AS (
     WHERE
         n.nspname = 'iam'
         AND p.proname IN (
-            'current_principal', 'permitted_projects', 'visible_resources', 'request_permissions',
+            'current_principal', 'permitted_projects', 'permitted_scopes', 'visible_resources',
+            'request_permissions', 'request_grants',
             'request_context'
         )
     UNION

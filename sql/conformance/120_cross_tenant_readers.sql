@@ -124,6 +124,6 @@ WHERE
     AND x.oid NOT IN (SELECT a.oid FROM conformance.app_roles AS a)
     AND x.rolname NOT IN (SELECT c.role_name FROM conformance.cross_tenant_readers AS c)
     AND pg_catalog.has_table_privilege(x.oid, t.oid, 'SELECT')
-    AND NOT conformance.is_keyed(p.using_expression, t.scope_column);
+    AND NOT conformance.is_keyed(p.using_expression, t.scope_column, conformance.has_tier_path(t.oid));
 COMMENT ON VIEW conformance.check_cross_tenant_readers IS
 'TF020: a role that is not a listed cross-tenant reader but can read across tenants.';

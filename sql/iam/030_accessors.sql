@@ -16,11 +16,43 @@ END
 $$;
 COMMENT ON FUNCTION iam.current_principal() IS 'The principal of the open request, or NULL.';
 
--- Projects where the open request holds `permission`, through the role cascade: a grant at an
--- organisation or workspace covers every project below it, including ones created later.
--- Policies run this once per statement, so it reads no more than it must: project-tier grants
--- are used as they are, and a workspace or organisation contributes its descendant_projects
--- row (one index lookup, however many projects it has).
+-- Organisations, workspaces and projects where the open request holds `permission` now:
+-- the scopes its grants are bound at, in one array (ids are unique across tiers). A grant at
+-- an organisation or workspace covers every project below it; tables that carry
+-- organisation_id and workspace_id (telemetry) test those columns against this array, so the
+-- cascade costs nothing per statement however many projects a scope holds.
+CREATE OR REPLACE FUNCTION iam.permitted_scopes(permission text)
+RETURNS uuid[]
+LANGUAGE plpgsql
+STABLE SECURITY DEFINER PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    context jsonb := iam.request_context();
+    now_us bigint := (extract(EPOCH FROM statement_timestamp()) * 1000000)::bigint;
+    scopes uuid[] := '{}';
+    position integer;
+    held jsonb;
+BEGIN
+    IF context IS NULL OR NOT (context -> 'by') ? permission THEN
+        RETURN scopes;
+    END IF;
+    -- Only the grants that carry the permission (the context indexes them), whose window holds.
+    FOREACH position IN ARRAY (context -> 'by' ->> permission)::integer[] LOOP
+        held := context -> 'grants' -> position;
+        IF NOT held ? 'u' OR (held ->> 'u')::bigint > now_us THEN
+            scopes := scopes || (held ->> 's')::uuid[];
+        END IF;
+    END LOOP;
+    RETURN scopes;
+END
+$$;
+COMMENT ON FUNCTION iam.permitted_scopes(text) IS
+'Organisations, workspaces and projects where the open request holds the permission now.';
+
+-- Projects where the open request holds `permission`, through the role cascade: for tables
+-- that name only their project (host tables). A workspace or organisation contributes its
+-- descendant_projects row (one index lookup, however many projects it has).
 CREATE OR REPLACE FUNCTION iam.permitted_projects(permission text)
 RETURNS uuid[]
 LANGUAGE plpgsql
@@ -28,18 +60,12 @@ STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    held iam.held_role;
-    projects uuid[] := '{}';
-    above uuid[] := '{}';
+    scopes uuid[] := iam.permitted_scopes(permission);
+    projects uuid[] := scopes;
     below uuid[];
 BEGIN
-    FOR held IN SELECT h.* FROM iam.request_roles() AS h WHERE permission = ANY(h.permissions)
-    LOOP
-        projects := projects || held.projects;
-        above := above || held.above;
-    END LOOP;
-    IF cardinality(above) > 0 THEN
-        FOR below IN SELECT d.projects FROM tenancy.descendant_projects AS d WHERE d.resource_id = ANY(above)
+    IF cardinality(scopes) > 0 THEN
+        FOR below IN SELECT d.projects FROM tenancy.descendant_projects AS d WHERE d.resource_id = ANY(scopes)
         LOOP
             projects := projects || below;
         END LOOP;
@@ -61,9 +87,7 @@ AS $$
 BEGIN
     RETURN (
         WITH g AS (
-            SELECT coalesce(array_agg(x.id), '{}') AS ids
-            FROM iam.request_roles() AS h, unnest(h.projects || h.above) AS x (id)
-            WHERE 'projects:read' = ANY(h.permissions)
+            SELECT iam.permitted_scopes('projects:read') AS ids
         ),
 
         readable AS (
@@ -85,7 +109,7 @@ COMMENT ON FUNCTION iam.visible_resources() IS
 'Resources the open request may list: projects:read, cascaded down, plus their ancestors.';
 
 -- The permissions the open request holds at a resource: the union of its grants at the
--- resource and at every ancestor, as fixed when the request began.
+-- resource and at every ancestor, as fixed when the request began (windows applied now).
 CREATE OR REPLACE FUNCTION iam.request_permissions(resource uuid)
 RETURNS text[]
 LANGUAGE plpgsql
@@ -97,11 +121,11 @@ BEGIN
         SELECT coalesce(array_agg(DISTINCT p.permission ORDER BY p.permission), '{}')
         FROM
             tenancy.resources AS r,
-            iam.request_roles() AS h,
-            unnest(h.permissions) AS p (permission)
+            iam.request_grants(statement_timestamp()) AS g,
+            unnest(g.permissions) AS p (permission)
         WHERE
             r.id = resource
-            AND (h.projects || h.above) && ARRAY[r.id, r.workspace_id, r.organisation_id]
+            AND g.scopes && ARRAY[r.id, r.workspace_id, r.organisation_id]
     );
 END
 $$;
@@ -179,6 +203,7 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION iam.current_principal() FROM public;
+REVOKE ALL ON FUNCTION iam.permitted_scopes(text) FROM public;
 REVOKE ALL ON FUNCTION iam.permitted_projects(text) FROM public;
 REVOKE ALL ON FUNCTION iam.visible_resources() FROM public;
 REVOKE ALL ON FUNCTION iam.request_permissions(uuid) FROM public;
@@ -189,6 +214,7 @@ REVOKE ALL ON FUNCTION iam.require_permission(uuid, text) FROM public;
 -- Policies run with the querying role's privileges, so the application must be able to call
 -- the accessors they use; each answers only about the caller's own request.
 GRANT EXECUTE ON FUNCTION iam.current_principal() TO tracefence_app;
+GRANT EXECUTE ON FUNCTION iam.permitted_scopes(text) TO tracefence_app;
 GRANT EXECUTE ON FUNCTION iam.permitted_projects(text) TO tracefence_app;
 GRANT EXECUTE ON FUNCTION iam.visible_resources() TO tracefence_app;
 GRANT EXECUTE ON FUNCTION iam.request_permissions(uuid) TO tracefence_app;

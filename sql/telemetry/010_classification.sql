@@ -28,43 +28,65 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    flag boolean;
+    place record;
 BEGIN
-    SELECT e.is_production INTO flag
+    SELECT e.is_production, p.organisation_id, p.workspace_id INTO place
     FROM tenancy.environments AS e
+    INNER JOIN tenancy.projects AS p ON e.project_id = p.id
     WHERE e.id = NEW.environment_id AND e.project_id = NEW.project_id;
     IF NOT FOUND THEN
-        -- Let the fence, then the foreign key (project_id, environment_id), reject the row.
+        -- Let the fence, then the foreign keys, reject the row: a writer of the project gets
+        -- the environment's foreign-key error, anyone else the fence's.
+        SELECT p.organisation_id, p.workspace_id INTO NEW.organisation_id, NEW.workspace_id
+        FROM tenancy.projects AS p
+        WHERE p.id = NEW.project_id;
         NEW.is_production := coalesce(NEW.is_production, false);
         RETURN NEW;
     END IF;
-    IF NEW.is_production IS NOT NULL AND NEW.is_production IS DISTINCT FROM flag THEN
+    IF (NEW.is_production IS NOT NULL AND NEW.is_production IS DISTINCT FROM place.is_production)
+        OR (NEW.organisation_id IS NOT NULL AND NEW.organisation_id IS DISTINCT FROM place.organisation_id)
+        OR (NEW.workspace_id IS NOT NULL AND NEW.workspace_id IS DISTINCT FROM place.workspace_id)
+    THEN
         IF telemetry.may_report_on(NEW.project_id) THEN
+            IF NEW.is_production IS DISTINCT FROM place.is_production AND NEW.is_production IS NOT NULL THEN
+                RAISE EXCEPTION USING
+                    ERRCODE = '23514',
+                    MESSAGE = format(
+                        'is_production = %s contradicts environment %s, whose is_production is %s',
+                        NEW.is_production, NEW.environment_id, place.is_production
+                    ),
+                    HINT = 'omit is_production: the database classifies traces at capture time';
+            END IF;
             RAISE EXCEPTION USING
                 ERRCODE = '23514',
                 MESSAGE = format(
-                    'is_production = %s contradicts environment %s, whose is_production is %s',
-                    NEW.is_production, NEW.environment_id, flag
+                    'organisation_id and workspace_id contradict project %s', NEW.project_id
                 ),
-                HINT = 'omit is_production: the database classifies traces at capture time';
+                HINT = 'omit organisation_id and workspace_id: the database stamps them from the project';
         END IF;
-        RETURN NEW;  -- not the writer's project: the fence rejects the row as named
     END IF;
-    NEW.is_production := flag;
+    -- Stamped from the project whatever the row named: the fence checks the real tier path.
+    NEW.is_production := coalesce(NEW.is_production, place.is_production);
+    NEW.organisation_id := place.organisation_id;
+    NEW.workspace_id := place.workspace_id;
     RETURN NEW;
 END
 $$;
 
--- A span whose trace is not in the project it names (or in any): fill the stamped columns
--- with placeholders so that, after the fence, the foreign key (project_id, trace_id) rejects
--- it with 23503 whether or not the trace exists elsewhere. The row is never stored.
+-- A span whose trace is not in the project it names (or in any): fill the stamped columns so
+-- that, after the fence, the foreign key (project_id, trace_id) rejects it with 23503 for a
+-- writer of the project, whether or not the trace exists elsewhere, and the fence rejects it
+-- for anyone else. The row is never stored.
 CREATE OR REPLACE FUNCTION telemetry.unplaceable_span(span telemetry.spans)
 RETURNS telemetry.spans
 LANGUAGE plpgsql
-IMMUTABLE
+STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    SELECT p.organisation_id, p.workspace_id INTO span.organisation_id, span.workspace_id
+    FROM tenancy.projects AS p
+    WHERE p.id = span.project_id;
     span.environment_id := coalesce(span.environment_id, '00000000-0000-0000-0000-000000000000');
     span.is_production := coalesce(span.is_production, false);
     RETURN span;
@@ -78,31 +100,53 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    candidate record;
     trace record;
+    candidates integer := 0;
 BEGIN
-    SELECT t.project_id, t.environment_id, t.is_production INTO trace
-    FROM telemetry.traces AS t
-    WHERE t.id = NEW.trace_id;
-    IF NOT FOUND THEN
+    -- Trace ids are unique per project only. A span that names its project finds its trace by
+    -- the key; one that does not takes the only trace of that id, or, should several projects
+    -- hold one, the one the writer may write (checked only then: it costs a context read).
+    FOR candidate IN
+        SELECT t.organisation_id, t.workspace_id, t.project_id, t.environment_id, t.is_production
+        FROM telemetry.traces AS t
+        WHERE t.id = NEW.trace_id AND (NEW.project_id IS NULL OR t.project_id = NEW.project_id)
+        LIMIT 2
+    LOOP
+        candidates := candidates + 1;
+        IF candidates = 1 THEN
+            trace := candidate;
+        ELSIF telemetry.may_report_on(candidate.project_id) THEN
+            IF telemetry.may_report_on(trace.project_id) THEN
+                RAISE EXCEPTION USING
+                    ERRCODE = '22023',
+                    MESSAGE = format('trace %s is in more than one of your projects', NEW.trace_id),
+                    HINT = 'name the span''s project_id';
+            END IF;
+            trace := candidate;
+        END IF;
+    END LOOP;
+    IF candidates = 0 THEN
         RETURN telemetry.unplaceable_span(NEW);
     END IF;
-    IF (NEW.project_id IS NOT NULL AND NEW.project_id IS DISTINCT FROM trace.project_id)
-        OR (NEW.environment_id IS NOT NULL AND NEW.environment_id IS DISTINCT FROM trace.environment_id)
+    IF (NEW.environment_id IS NOT NULL AND NEW.environment_id IS DISTINCT FROM trace.environment_id)
         OR (NEW.is_production IS NOT NULL AND NEW.is_production IS DISTINCT FROM trace.is_production)
+        OR (NEW.organisation_id IS NOT NULL AND NEW.organisation_id IS DISTINCT FROM trace.organisation_id)
+        OR (NEW.workspace_id IS NOT NULL AND NEW.workspace_id IS DISTINCT FROM trace.workspace_id)
     THEN
         IF telemetry.may_report_on(trace.project_id) THEN
             RAISE EXCEPTION USING
                 ERRCODE = '23514',
                 MESSAGE = format(
-                    'span contradicts trace %s: project, environment and is_production come from the trace',
+                    'span contradicts trace %s: its tier path, environment and is_production come '
+                    || 'from the trace',
                     NEW.trace_id
                 ),
-                HINT = 'omit project_id, environment_id and is_production on spans';
-        END IF;
-        IF NEW.project_id IS NOT NULL AND NEW.project_id IS DISTINCT FROM trace.project_id THEN
-            RETURN telemetry.unplaceable_span(NEW);
+                HINT = 'omit organisation_id, workspace_id, environment_id and is_production on spans';
         END IF;
     END IF;
+    NEW.organisation_id := trace.organisation_id;
+    NEW.workspace_id := trace.workspace_id;
     NEW.project_id := trace.project_id;
     NEW.environment_id := trace.environment_id;
     NEW.is_production := trace.is_production;
@@ -122,6 +166,8 @@ DECLARE
         AND to_jsonb(NEW) -> 'trace_id' IS DISTINCT FROM to_jsonb(OLD) -> 'trace_id';
 BEGIN
     IF NEW.project_id IS DISTINCT FROM OLD.project_id
+        OR NEW.organisation_id IS DISTINCT FROM OLD.organisation_id
+        OR NEW.workspace_id IS DISTINCT FROM OLD.workspace_id
         OR NEW.environment_id IS DISTINCT FROM OLD.environment_id
         OR NEW.is_production IS DISTINCT FROM OLD.is_production
         OR moved_span
@@ -129,7 +175,7 @@ BEGIN
         RAISE EXCEPTION USING
             ERRCODE = '23514',
             MESSAGE = format(
-                'the project, environment and classification of a captured %s cannot change',
+                'the tier path, environment and classification of a captured %s cannot change',
                 CASE TG_TABLE_NAME WHEN 'spans' THEN 'span' ELSE 'trace' END
             );
     END IF;

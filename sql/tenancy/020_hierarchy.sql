@@ -26,14 +26,12 @@ BEGIN
         jsonb_build_object('role', 'org_owner', 'resource', org)
     );
     -- The creator may go on to set the organisation up in the same request.
-    PERFORM iam.extend_request(jsonb_build_object(
-        'resource', org,
-        'role', 'org_owner',
-        'permissions', (
-            SELECT jsonb_agg(rp.permission ORDER BY rp.permission)
-            FROM iam.role_permissions AS rp WHERE rp.role = 'org_owner'
-        )
-    ));
+    PERFORM iam.extend_request(ROW(
+        'org_owner',
+        ARRAY(SELECT rp.permission FROM iam.role_permissions AS rp WHERE rp.role = 'org_owner' ORDER BY 1),
+        ARRAY[org],
+        NULL
+    )::iam.request_grant);
     RETURN org;
 END
 $$;

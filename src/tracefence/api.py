@@ -125,6 +125,19 @@ def _event(conn: Connection, query: str, params: Iterable[Any] = ()) -> AuditEve
     return AuditEvent.from_row(rows[0]) if rows else None
 
 
+# The request
+def begin_request(conn: Connection, credential: str) -> UUID:
+    """Open a request in the connection's current transaction (iam.begin_request): the first
+    statement of a READ COMMITTED transaction that writes anything. ``Fence.request`` does this
+    for you; this is for a transaction you manage yourself."""
+    try:
+        row = conn.execute("SELECT iam.begin_request(%s)", [credential], prepare=False).fetchone()
+    except psycopg.Error as error:
+        raise from_database(error) from error
+    assert row is not None
+    return UUID(str(row[0]))
+
+
 # Back office (tracefence_service)
 def create_user(conn: Connection, email: str, display_name: str) -> UUID:
     return UUID(str(_one(conn, "SELECT iam.create_user(%s, %s)", [email, display_name])))

@@ -97,11 +97,37 @@ class Fence:
         """
         credential = self.credential_for(user=user, api_key=api_key)
         try:
-            with self._connection() as conn, conn.transaction():
-                self._begin(conn, credential)
-                yield conn
+            with self._connection() as conn:
+                autocommit = conn.autocommit
+                conn.autocommit = True  # the BEGIN is ours, sent with the request
+                try:
+                    self._open(conn, credential)
+                    try:
+                        yield conn
+                    except BaseException:
+                        conn.rollback()
+                        raise
+                    conn.commit()
+                finally:
+                    if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                        conn.autocommit = autocommit
         except psycopg.Error as error:
             raise from_database(error) from error
+
+    @staticmethod
+    def _open(conn: Connection, credential: str) -> None:
+        """BEGIN and the request in one round trip (a pipeline), leaving the transaction open.
+
+        ``conn`` is in autocommit mode, so psycopg adds no BEGIN of its own; a rejected
+        credential rolls the transaction back before the error goes up.
+        """
+        try:
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                conn.execute("SELECT iam.begin_request(%s)", [credential], prepare=False)
+        except BaseException:
+            conn.rollback()
+            raise
 
     @contextmanager
     def session(

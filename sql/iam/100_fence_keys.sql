@@ -1,0 +1,76 @@
+-- The one shape of a fence: the condition every policy of a project-scoped table puts on its
+-- rows, for the package's telemetry tables and for host tables fenced by
+-- conformance.fence_table alike. The accessor is wrapped in (SELECT ...) so the planner makes
+-- it an initPlan: it runs once per statement, in the backend that plans it, and parallel
+-- workers receive its answer as a parameter.
+--
+-- A table that carries its tier path (organisation_id, workspace_id and project_id, with a
+-- foreign key to tenancy.projects' tier path) is tested on all three columns against the
+-- request's scopes, so an organisation- or workspace-wide grant costs one comparison per row
+-- and each arm can use an index that leads with its column. A table that names only its
+-- project is tested against the projects below the scopes.
+CREATE OR REPLACE FUNCTION iam.fence_key(permission text, tier_path boolean)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+        WHEN tier_path THEN format(
+            '(organisation_id = ANY ((SELECT iam.permitted_scopes(%1$L))::uuid[]) '
+            'OR workspace_id = ANY ((SELECT iam.permitted_scopes(%1$L))::uuid[]) '
+            'OR project_id = ANY ((SELECT iam.permitted_scopes(%1$L))::uuid[]))',
+            permission
+        )
+        ELSE format('project_id = ANY ((SELECT iam.permitted_projects(%L))::uuid[])', permission)
+    END
+$$;
+COMMENT ON FUNCTION iam.fence_key(text, boolean) IS
+'The condition a fenced table''s policies put on rows for a permission (SQL text).';
+
+-- Install the four policies of a fenced table: read (split by classification when the table
+-- has is_production and a production permission is given), insert, update, delete.
+CREATE OR REPLACE FUNCTION iam.install_fence(
+    target regclass, read_permission text, read_prod_permission text, write_permission text,
+    tier_path boolean, prefix text
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    read_key text := iam.fence_key(read_permission, tier_path);
+    write_key text := iam.fence_key(write_permission, tier_path);
+BEGIN
+    IF read_prod_permission IS NOT NULL THEN
+        read_key := format(
+            '(NOT is_production AND %s) OR (is_production AND %s)',
+            read_key, iam.fence_key(read_prod_permission, tier_path)
+        );
+    END IF;
+    EXECUTE format('DROP POLICY IF EXISTS %I ON %s', prefix || '_read', target);
+    EXECUTE format(
+        'CREATE POLICY %I ON %s FOR SELECT TO tracefence_app USING (%s)', prefix || '_read', target, read_key
+    );
+    EXECUTE format('DROP POLICY IF EXISTS %I ON %s', prefix || '_insert', target);
+    EXECUTE format(
+        'CREATE POLICY %I ON %s FOR INSERT TO tracefence_app WITH CHECK (%s)',
+        prefix || '_insert', target, write_key
+    );
+    EXECUTE format('DROP POLICY IF EXISTS %I ON %s', prefix || '_update', target);
+    EXECUTE format(
+        'CREATE POLICY %I ON %s FOR UPDATE TO tracefence_app USING (%s) WITH CHECK (%s)',
+        prefix || '_update', target, write_key, write_key
+    );
+    EXECUTE format('DROP POLICY IF EXISTS %I ON %s', prefix || '_delete', target);
+    EXECUTE format(
+        'CREATE POLICY %I ON %s FOR DELETE TO tracefence_app USING (%s)', prefix || '_delete', target, write_key
+    );
+END
+$$;
+COMMENT ON FUNCTION iam.install_fence(regclass, text, text, text, boolean, text) IS
+'Create the read, insert, update and delete policies of a fenced table from iam.fence_key.';
+
+REVOKE ALL ON FUNCTION iam.fence_key(text, boolean) FROM public;
+REVOKE ALL ON FUNCTION iam.install_fence(regclass, text, text, text, boolean, text) FROM public;
