@@ -338,6 +338,39 @@ def test_tf006_policy_not_keyed_to_the_project(fenced_notes: Connection, using: 
     assert_clean(admin)
 
 
+def test_tf006_tier_path_key_counts_only_where_a_foreign_key_holds_the_tier_path(
+    admin: Connection,
+) -> None:
+    """iam.fence_key's tier-path form tests organisation_id and workspace_id: keyed only where
+    a foreign key to tenancy.projects' tier path makes the row tell the truth about them."""
+    make_notes(admin)
+    admin.execute("ALTER TABLE public.notes ADD COLUMN workspace_id uuid")
+    fence(admin)
+    tier_key = (
+        "(project_id = ANY ((SELECT iam.permitted_scopes('traces:read'))::uuid[]) "
+        "OR workspace_id = ANY ((SELECT iam.permitted_scopes('traces:read'))::uuid[]) "
+        "OR organisation_id = ANY ((SELECT iam.permitted_scopes('traces:read'))::uuid[]))"
+    )
+    # Without the foreign key a writer could name any organisation: flagged.
+    admin.execute(f"ALTER POLICY tracefence_read ON public.notes USING ({tier_key})")
+    flagged(admin, "TF006", NOTES)
+    # With it, the same policy is keyed (only the hand edit is reported, as drift).
+    admin.execute("UPDATE public.notes SET organisation_id = NULL")
+    admin.execute(
+        "ALTER TABLE public.notes ADD FOREIGN KEY (organisation_id, workspace_id, project_id)"
+        " REFERENCES tenancy.projects (organisation_id, workspace_id, id)"
+    )
+    assert "TF006" not in codes(admin, NOTES)
+    # And conformance.fence_table installs the tier-path form there itself: clean.
+    fence(admin)
+    assert_clean(admin)
+    policy = admin.execute(
+        "SELECT pg_get_expr(polqual, polrelid) FROM pg_policy WHERE polname = 'tracefence_read'"
+        " AND polrelid = 'public.notes'::regclass"
+    ).fetchone()
+    assert policy is not None and "permitted_scopes" in policy[0]
+
+
 def test_tf006_narrower_policies_are_still_keyed(fenced_notes: Connection) -> None:
     """A policy that adds conditions to the project key is fine (only drift is reported)."""
     admin = fenced_notes

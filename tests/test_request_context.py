@@ -362,3 +362,88 @@ def test_an_id_taken_in_another_tenant_neither_collides_nor_reveals_anything(db)
             [victim, s.a.id, s.a.staging],
         )
     assert raised.value.sqlstate == "23505"
+
+
+# --------------------------------------------------------------------------------------------
+# The clock, not the statement's start (security review of Fence v2)
+# --------------------------------------------------------------------------------------------
+
+
+def _short_key(db: Database, s: Any, seconds: float) -> tuple[api.ApiKey, datetime]:
+    expires = datetime.now(UTC) + timedelta(seconds=seconds)
+    with db.fence().request(user=s.org.owner) as owner:
+        key = api.create_api_key(owner, "short", s.a.id, ["traces:read", "traces:write"], expires)
+    return key, expires
+
+
+def _wait_past(moment: datetime) -> float:
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds()) + 0.3
+
+
+def test_a_message_that_began_before_an_expiry_cannot_open_a_request_after_it(db):
+    s = scene(db)
+    key, expires = _short_key(db, s, 1.5)
+    conn = db.app(autocommit=True)
+    # One simple-query message: every statement in it shares the message's statement_timestamp.
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+        conn.execute(
+            f"SELECT pg_sleep({_wait_past(expires)}); BEGIN;"
+            f" SELECT iam.begin_request('{key.secret}'); SELECT count(*) FROM telemetry.traces;"
+        )
+    conn.execute("ROLLBACK")
+    # Not vacuous: the same message before the expiry opens the request.
+    fresh, _ = _short_key(db, s, 30)
+    conn.execute(f"BEGIN; SELECT iam.begin_request('{fresh.secret}');")
+    assert ids(conn) == s.of("a") - {s.traces["a_prod"]}
+    conn.execute("ROLLBACK")
+
+
+def test_a_do_block_that_commits_past_an_expiry_cannot_open_a_request_after_it(db):
+    s = scene(db)
+    key, expires = _short_key(db, s, 1.5)
+    conn = db.app(autocommit=True)
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+        conn.execute(
+            f"DO $$ BEGIN PERFORM pg_sleep({_wait_past(expires)}); COMMIT;"
+            f" PERFORM iam.begin_request('{key.secret}');"
+            " INSERT INTO telemetry.traces (project_id, environment_id, name)"
+            f" VALUES ('{s.a.id}', '{s.a.staging}', 'after expiry'); COMMIT; END $$"
+        )
+    assert db.scalar("SELECT count(*) FROM telemetry.traces WHERE name = 'after expiry'") == 0
+
+
+def test_a_statement_that_outlives_a_window_reads_nothing_it_has_not_read_before(db):
+    s = scene(db)
+    key, expires = _short_key(db, s, 1.5)
+    conn = db.app(autocommit=False)
+    begin(conn, key.secret)
+    row = conn.execute(
+        f"SELECT (SELECT pg_sleep({_wait_past(expires)})), (SELECT count(*) FROM telemetry.traces)"
+    ).fetchone()
+    assert row is not None and row[1] == 0
+    conn.rollback()
+
+
+def test_a_span_without_its_project_lands_in_the_writers_project_however_many_tenants_hold_the_id(db):
+    """The span's trace is found among every trace of that id, so neither the outcome nor the
+    error says how many other projects hold it."""
+    s = scene(db)
+    with db.fence().request(user=s.org.owner) as owner:
+        third = api.create_project(owner, s.b.workspace, "third", "Third")
+        third_env = api.create_environment(owner, third, "staging", False)
+        key = api.create_api_key(owner, "ingest", s.a.id, ["traces:write", "traces:read"])
+    shared = uuid.uuid4()
+    for project, env in ((s.b.id, s.b.staging), (third, third_env)):
+        db.scalar(
+            "INSERT INTO telemetry.traces (id, project_id, environment_id, name) VALUES (%s, %s, %s, 'x')"
+            " RETURNING 1", [shared, project, env],
+        )
+    with db.fence().request(api_key=key.secret) as conn:
+        conn.execute(
+            "INSERT INTO telemetry.traces (id, project_id, environment_id, name) VALUES (%s, %s, %s, 'x')",
+            [shared, s.a.id, s.a.staging],
+        )
+        conn.execute("INSERT INTO telemetry.spans (trace_id, name) VALUES (%s, 'mine')", [shared])
+    assert db.scalar(
+        "SELECT project_id FROM telemetry.spans WHERE trace_id = %s AND name = 'mine'", [shared]
+    ) == s.a.id

@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+import pytest
 
 from tests.standby import Standby
 from tests.standby import standby as standby_fixture  # noqa: F401
@@ -124,3 +125,22 @@ def test_a_standby_refuses_writes_inside_a_request(db: Database, standby: Standb
     except psycopg.errors.ReadOnlySqlTransaction:
         pass
     replica.rollback()
+
+
+def test_clearing_the_setting_on_the_standby_does_not_allow_a_second_request(
+    db: Database, standby: Standby
+) -> None:
+    s = scene(db)
+    standby.wait_for_replay()
+    replica = standby.app(autocommit=False)
+    begin(replica, token(db, s.alice))
+    first = current_context(replica)
+    replica.execute("SELECT set_config('tracefence.request', '', true)")
+    with pytest.raises(psycopg.errors.ActiveSqlTransaction):
+        replica.execute("SELECT iam.begin_request(%s)", [token(db, s.bob)])
+    replica.rollback()
+    # Not vacuous: the first context still serves its own transaction until then.
+    begin(replica, token(db, s.alice))
+    assert ids(replica) == s.of("a")
+    replica.rollback()
+    assert first

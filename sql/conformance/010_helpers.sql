@@ -183,8 +183,8 @@ $$;
 COMMENT ON FUNCTION conformance.is_scope_key(text, text, boolean) IS
 'Is the expression the scope column compared with a package access function''s answer?';
 
--- Is a deparsed expression the tier-path key of iam.fence_key: organisation_id, workspace_id
--- and project_id each compared with iam.permitted_scopes('<permission>'), the same permission?
+-- Is a deparsed expression the tier-path key of iam.fence_key: project_id, workspace_id and
+-- organisation_id each compared with iam.permitted_scopes('<permission>'), the same permission?
 CREATE OR REPLACE FUNCTION conformance.is_tier_path_key(expression text)
 RETURNS boolean
 LANGUAGE plpgsql
@@ -202,7 +202,7 @@ BEGIN
     END IF;
     FOR i IN 1..3 LOOP
         IF conformance.strip_parentheses(parts[i])
-            !~ ('^' || (ARRAY['organisation_id', 'workspace_id', 'project_id'])[i] || arm)
+            !~ ('^' || (ARRAY['project_id', 'workspace_id', 'organisation_id'])[i] || arm)
         THEN
             RETURN false;
         END IF;

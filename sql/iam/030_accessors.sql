@@ -29,12 +29,14 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     context jsonb := iam.request_context();
-    now_us bigint := (extract(EPOCH FROM statement_timestamp()) * 1000000)::bigint;
+    -- The clock, not the statement's start: a message, DO block or procedure that began before
+    -- a window ended must not carry the grant past it (each statement reads this once).
+    now_us bigint := (extract(EPOCH FROM clock_timestamp()) * 1000000)::bigint;
     scopes uuid[] := '{}';
     position integer;
     held jsonb;
 BEGIN
-    IF context IS NULL OR NOT (context -> 'by') ? permission THEN
+    IF context IS NULL OR permission IS NULL OR NOT (context -> 'by') ? permission THEN
         RETURN scopes;
     END IF;
     -- Only the grants that carry the permission (the context indexes them), whose window holds.
@@ -121,7 +123,7 @@ BEGIN
         SELECT coalesce(array_agg(DISTINCT p.permission ORDER BY p.permission), '{}')
         FROM
             tenancy.resources AS r,
-            iam.request_grants(statement_timestamp()) AS g,
+            iam.request_grants(clock_timestamp()) AS g,
             unnest(g.permissions) AS p (permission)
         WHERE
             r.id = resource

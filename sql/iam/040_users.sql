@@ -85,7 +85,7 @@ BEGIN
         RETURN NULL;
     END;
     IF jsonb_typeof(claims -> 'exp') IS DISTINCT FROM 'number'
-        OR (claims ->> 'exp')::numeric <= extract(EPOCH FROM statement_timestamp())
+        OR (claims ->> 'exp')::numeric <= extract(EPOCH FROM clock_timestamp())
     THEN
         RETURN NULL;
     END IF;

@@ -7,9 +7,8 @@ CREATE OR REPLACE FUNCTION iam.user_grants(principal uuid, at timestamptz)
 RETURNS iam.request_grant[]
 LANGUAGE plpgsql
 STABLE
-SET search_path = pg_catalog, pg_temp
--- Planning the query costs more than running it: plan it once per session.
-SET plan_cache_mode = force_generic_plan
+-- No SET clause: only begin_request (definer, search_path pinned) calls it, and a SET clause
+-- costs a save and restore of settings per call.
 AS $$
 BEGIN
     RETURN (
@@ -38,9 +37,8 @@ CREATE OR REPLACE FUNCTION iam.key_grants(key_id uuid, at timestamptz)
 RETURNS iam.request_grant[]
 LANGUAGE plpgsql
 STABLE
-SET search_path = pg_catalog, pg_temp
--- Planning the query costs more than running it: plan it once per session.
-SET plan_cache_mode = force_generic_plan
+-- No SET clause: only begin_request (definer, search_path pinned) calls it, and a SET clause
+-- costs a save and restore of settings per call.
 AS $$
 BEGIN
     RETURN (
@@ -76,7 +74,9 @@ VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    at timestamptz := statement_timestamp();
+    -- The clock, not the statement's start, which a multi-statement message or a DO block
+    -- that committed its way past an expiry would still report.
+    at timestamptz := clock_timestamp();
     principal uuid;
     principal_kind text;
     grants iam.request_grant[];
@@ -93,6 +93,15 @@ BEGIN
     -- Only a context this transaction really opened counts; anything else in the setting
     -- (a value planted at session level, say) is overwritten, not obeyed.
     IF iam.verified_context(current_setting('tracefence.request', true)) IS NOT NULL
+        -- During recovery there is no transaction id to take: a transaction-level advisory
+        -- lock (shared, so no backend waits for another) marks the request instead, which no
+        -- setting can clear. Only a savepoint rolled back over the request releases it.
+        OR (pg_is_in_recovery() AND EXISTS (
+            SELECT FROM pg_locks AS l
+            WHERE
+                l.locktype = 'advisory' AND l.pid = pg_backend_pid() AND l.classid = 1953392230
+                AND l.objid = 1919250805 AND l.objsubid = 2
+        ))
         OR (
             NOT pg_is_in_recovery() AND pg_current_xact_id_if_assigned() IS NOT NULL
             -- The conformance probe, run by a DBA, sets its tenants up in the transaction it
@@ -124,7 +133,10 @@ BEGIN
         -- One message for every bad credential: say nothing about which check failed.
         RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'invalid credential';
     END IF;
-    IF NOT pg_is_in_recovery() THEN
+    IF pg_is_in_recovery() THEN
+        -- 'tfen' 'requ' as two int4 keys (see the check above).
+        PERFORM pg_advisory_xact_lock_shared(1953392230, 1919250805);
+    ELSE
         -- The context's binding (iam.transaction_identity) is this transaction's id.
         PERFORM pg_current_xact_id();
     END IF;

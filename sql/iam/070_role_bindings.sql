@@ -110,7 +110,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'valid_from must be before valid_until';
     END IF;
     IF role = 'org_owner' AND NOT EXISTS (
-        SELECT FROM iam.request_grants(statement_timestamp()) AS g WHERE g.role = 'org_owner' AND resource = ANY(g.scopes)
+        SELECT FROM iam.request_grants(clock_timestamp()) AS g WHERE g.role = 'org_owner' AND resource = ANY(g.scopes)
     ) THEN
         RAISE EXCEPTION USING
             ERRCODE = '42501',

@@ -7,8 +7,10 @@
 -- A table that carries its tier path (organisation_id, workspace_id and project_id, with a
 -- foreign key to tenancy.projects' tier path) is tested on all three columns against the
 -- request's scopes, so an organisation- or workspace-wide grant costs one comparison per row
--- and each arm can use an index that leads with its column. A table that names only its
--- project is tested against the projects below the scopes.
+-- and each arm can use an index that leads with its column. The project arm comes first: an
+-- initPlan runs when its arm is first evaluated, so a row of a project-tier grant (the common,
+-- cheap queries) costs one accessor call, not three. A table that names only its project is
+-- tested against the projects below the scopes.
 CREATE OR REPLACE FUNCTION iam.fence_key(permission text, tier_path boolean)
 RETURNS text
 LANGUAGE sql
@@ -17,9 +19,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE
         WHEN tier_path THEN format(
-            '(organisation_id = ANY ((SELECT iam.permitted_scopes(%1$L))::uuid[]) '
+            '(project_id = ANY ((SELECT iam.permitted_scopes(%1$L))::uuid[]) '
             'OR workspace_id = ANY ((SELECT iam.permitted_scopes(%1$L))::uuid[]) '
-            'OR project_id = ANY ((SELECT iam.permitted_scopes(%1$L))::uuid[]))',
+            'OR organisation_id = ANY ((SELECT iam.permitted_scopes(%1$L))::uuid[]))',
             permission
         )
         ELSE format('project_id = ANY ((SELECT iam.permitted_projects(%L))::uuid[])', permission)

@@ -107,17 +107,18 @@ BEGIN
     -- Trace ids are unique per project only. A span that names its project finds its trace by
     -- the key; one that does not takes the only trace of that id, or, should several projects
     -- hold one, the one the writer may write (checked only then: it costs a context read).
+    -- Every candidate is looked at, so the outcome depends only on the writer's own projects,
+    -- never on how many other tenants hold the id.
     FOR candidate IN
         SELECT t.organisation_id, t.workspace_id, t.project_id, t.environment_id, t.is_production
         FROM telemetry.traces AS t
         WHERE t.id = NEW.trace_id AND (NEW.project_id IS NULL OR t.project_id = NEW.project_id)
-        LIMIT 2
     LOOP
         candidates := candidates + 1;
         IF candidates = 1 THEN
             trace := candidate;
         ELSIF telemetry.may_report_on(candidate.project_id) THEN
-            IF telemetry.may_report_on(trace.project_id) THEN
+            IF telemetry.may_report_on(trace.project_id) AND trace.project_id <> candidate.project_id THEN
                 RAISE EXCEPTION USING
                     ERRCODE = '22023',
                     MESSAGE = format('trace %s is in more than one of your projects', NEW.trace_id),
