@@ -178,25 +178,33 @@ $$;
 -- grants that carry it (a JSON object of array literals), so an accessor reads only those.
 CREATE OR REPLACE FUNCTION iam.context_grants(header jsonb, grants iam.request_grant[])
 RETURNS jsonb
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+-- PL/pgSQL with a generic plan, not LANGUAGE sql: a request builds its context once, in a new
+-- transaction, where an SQL function would be planned again each time.
+SET plan_cache_mode = force_generic_plan
 AS $$
-    SELECT header || pg_catalog.jsonb_build_object(
+BEGIN
+    RETURN header || jsonb_build_object(
         'grants', coalesce((
-            SELECT pg_catalog.jsonb_agg(iam.compact_grant(v.grant_value) ORDER BY g.i)
+            SELECT jsonb_agg(
+                iam.compact_grant(ROW(g.role, g.permissions, g.scopes, g.valid_until)::iam.request_grant)
+                ORDER BY g.i
+            )
             FROM unnest(grants) WITH ORDINALITY AS g (role, permissions, scopes, valid_until, i)
-            CROSS JOIN LATERAL (SELECT ROW(g.role, g.permissions, g.scopes, g.valid_until)::iam.request_grant) AS v (grant_value)
         ), '[]'),
         'by', coalesce((
-            SELECT pg_catalog.jsonb_object_agg(p.permission, p.positions)
+            SELECT jsonb_object_agg(p.permission, p.positions)
             FROM (
-                SELECT x.permission, pg_catalog.array_agg(g.i - 1 ORDER BY g.i)::text AS positions
+                SELECT x.permission, array_agg(g.i - 1 ORDER BY g.i)::text AS positions
                 FROM unnest(grants) WITH ORDINALITY AS g (role, permissions, scopes, valid_until, i)
                 CROSS JOIN LATERAL unnest(g.permissions) AS x (permission)
                 GROUP BY x.permission
             ) AS p
         ), '{}')
-    )
+    );
+END
 $$;
 
 -- Add a grant to the open request (the caller's own new organisation). Never removes one.
