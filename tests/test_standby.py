@@ -144,3 +144,27 @@ def test_clearing_the_setting_on_the_standby_does_not_allow_a_second_request(
     assert ids(replica) == s.of("a")
     replica.rollback()
     assert first
+
+
+def test_a_lock_another_session_holds_cannot_stall_a_request_on_the_standby(
+    db: Database, standby: Standby
+) -> None:
+    """The standby's request marker is a lock of the backend's own key, taken without waiting:
+    a session holding it (or any advisory lock) exclusively stalls nobody's request."""
+    s = scene(db)
+    standby.wait_for_replay()
+    victim = standby.app(autocommit=False)
+    row = victim.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    victim.rollback()
+    attacker = standby.app()
+    # The victim's own key, and the one key every backend would share had the marker one.
+    attacker.execute("SELECT pg_advisory_lock(1953392230, %s)", [row[0]])
+    attacker.execute("SELECT pg_advisory_lock(1953392230, 1919250805)")
+    try:
+        victim.execute("SET lock_timeout = '2s'")
+        begin(victim, token(db, s.alice))
+        assert ids(victim) == s.of("a")
+        victim.rollback()
+    finally:
+        attacker.execute("SELECT pg_advisory_unlock_all()")

@@ -70,7 +70,8 @@ $$;
 -- bound to it, and a transaction that already has one (it wrote, or opened a request that a
 -- savepoint rolled back) cannot open a request — unless the session is a DBA's (a member of
 -- tracefence_owner), who can read everything anyway. During recovery there is no transaction
--- id: a request rolled back by a savepoint can be followed by another there (docs/security).
+-- id: a request rolled back by a savepoint can be followed by another there (docs/reference.md,
+-- "Request lifecycle").
 CREATE OR REPLACE FUNCTION iam.begin_request(credential text)
 RETURNS uuid
 LANGUAGE plpgsql
@@ -98,13 +99,13 @@ BEGIN
     -- (a value planted at session level, say) is overwritten, not obeyed.
     IF iam.verified_context(current_setting('tracefence.request', true)) IS NOT NULL
         -- During recovery there is no transaction id to take: a transaction-level advisory
-        -- lock (shared, so no backend waits for another) marks the request instead, which no
-        -- setting can clear. Only a savepoint rolled back over the request releases it.
+        -- lock of this backend's own key marks the request instead, which no setting can
+        -- clear. Only a savepoint rolled back over the request releases it.
         OR (pg_is_in_recovery() AND EXISTS (
             SELECT FROM pg_locks AS l
             WHERE
                 l.locktype = 'advisory' AND l.pid = pg_backend_pid() AND l.classid = 1953392230
-                AND l.objid = 1919250805 AND l.objsubid = 2
+                AND l.objid = pg_backend_pid() AND l.objsubid = 2
         ))
         OR (
             NOT pg_is_in_recovery() AND pg_current_xact_id_if_assigned() IS NOT NULL
@@ -138,8 +139,9 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'invalid credential';
     END IF;
     IF pg_is_in_recovery() THEN
-        -- 'tfen' 'requ' as two int4 keys (see the check above).
-        PERFORM pg_advisory_xact_lock_shared(1953392230, 1919250805);
+        -- Key ('tfen', this backend), shared and never waited for: a lock another session
+        -- holds on it must not stall this request (it would only leave it unmarked).
+        PERFORM pg_try_advisory_xact_lock_shared(1953392230, pg_backend_pid());
     ELSE
         -- The context's binding (iam.transaction_identity) is this transaction's id.
         PERFORM pg_current_xact_id();
