@@ -79,7 +79,7 @@ def generate(dsn: Annotated[str, typer.Option(help="superuser conninfo of an emp
 
 
 def measure(world: data.World, scale: float, rounds: int, sections: list[Section],
-            seconds: float) -> dict[str, Any]:
+            seconds: float, standby_dsn: str | None = None) -> dict[str, Any]:
     """Every section of the benchmark on a generated world; the document report.write takes."""
     with psycopg.connect(world.dsn) as conn:
         version = conn.execute("SHOW server_version").fetchone()
@@ -100,6 +100,10 @@ def measure(world: data.World, scale: float, rounds: int, sections: list[Section
             doc["queries"] = report.query_rows(results)
         if Section.requests in sections:
             doc["requests"] = run_overhead(world, max(1, rounds // 3), seconds, progress)
+            if standby_dsn:
+                doc["standby_requests"] = run_overhead(
+                    world, max(1, rounds // 3), seconds, progress, standby_dsn=standby_dsn
+                )
         if Section.ingest in sections:
             doc["ingest"] = run_ingest(world, world.ingest_key, rounds, progress)
     return doc
@@ -140,6 +144,9 @@ def run(
     section: Annotated[list[Section] | None, typer.Option(help="what to measure (repeatable)")] = None,
     out: Annotated[Path, typer.Option(help="where results go")] = ROOT / "bench" / "out",
     docs: Annotated[bool, typer.Option(help="rewrite docs/benchmarks.md's results and chart")] = False,
+    standby_dsn: Annotated[str, typer.Option(
+        help="superuser conninfo of a hot standby of DSN's server: also measure requests there"
+    )] = "",
 ) -> None:
     """Measure (generating first unless DSN's database already holds the benchmark data)."""
     sections = section or list(Section)
@@ -160,7 +167,7 @@ def run(
                 errors.print(f"cannot generate: {error}")
                 raise typer.Exit(2) from None
             data.save(world)
-        doc = measure(world, fraction, rounds, sections, seconds)
+        doc = measure(world, fraction, rounds, sections, seconds, standby_dsn or None)
     paths = report.write(doc, out)
     _print(doc)
     for kind, path in paths.items():
