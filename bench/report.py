@@ -37,6 +37,16 @@ def query_rows(results: list[QueryResult]) -> list[dict[str, Any]]:
     ]
 
 
+def _request_row(clients: int, b: dict[str, Any]) -> str:
+    """The columns every whole-request table starts with, primary and standby alike."""
+    ratio = b["fenced_throughput_ratio"]
+    return (
+        f"| begin + point query + commit | {clients} | {b['unfenced']['tps_median']:,.0f} "
+        f"| {b['fenced']['tps_median']:,.0f} | **{ratio:.2f}** "
+        f"| ≥ {REQUEST_TARGET:.2f} {'✓' if ratio >= REQUEST_TARGET else '✗'} "
+    )
+
+
 def markdown(doc: dict[str, Any]) -> str:
     lines = [
         f"Scale {doc['scale']}: {doc['traces']:,} traces, {doc['spans']:,} spans, "
@@ -66,12 +76,7 @@ def markdown(doc: dict[str, Any]) -> str:
             b = doc["standby_requests"].get(f"clients_{clients}")
             if b is None:
                 continue
-            lines.append(
-                f"| begin + point query + commit | {clients} | {b['unfenced']['tps_median']:,.0f} "
-                f"| {b['fenced']['tps_median']:,.0f} | **{b['fenced_throughput_ratio']:.2f}** "
-                f"| ≥ {REQUEST_TARGET:.2f} {'✓' if b['fenced_throughput_ratio'] >= REQUEST_TARGET else '✗'} "
-                f"| {b['bindings_1000_vs_10_latency_ratio']:.2f} |"
-            )
+            lines.append(_request_row(clients, b) + f"| {b['bindings_1000_vs_10_latency_ratio']:.2f} |")
     if "requests" in doc:
         lines += ["", "| whole request | clients | unfenced tps | fenced tps | fenced / unfenced | target "
                   "| BEGIN apart / unfenced | unfenced + xid / unfenced "
@@ -82,10 +87,8 @@ def markdown(doc: dict[str, Any]) -> str:
             if b is None:
                 continue
             lines.append(
-                f"| begin + point query + commit | {clients} | {b['unfenced']['tps_median']:,.0f} "
-                f"| {b['fenced']['tps_median']:,.0f} | **{b['fenced_throughput_ratio']:.2f}** "
-                f"| ≥ {REQUEST_TARGET:.2f} {'✓' if b['fenced_throughput_ratio'] >= REQUEST_TARGET else '✗'} "
-                f"| {b['begin_apart_throughput_ratio']:.2f} "
+                _request_row(clients, b)
+                + f"| {b['begin_apart_throughput_ratio']:.2f} "
                 f"| {b.get('xid_throughput_ratio', float('nan')):.2f} "
                 f"| **{b['bindings_1000_vs_10_latency_ratio']:.2f}** "
                 f"| ≤ {BINDINGS_TARGET:.0f} "

@@ -145,18 +145,14 @@ AS $$
         WHERE
             k.conrelid = target AND k.contype = 'f'
             AND k.confrelid = 'tenancy.projects'::regclass
+            -- Column pairs of the key, in order: referencing = referenced.
             AND ARRAY(
-                SELECT a.attname::text
-                FROM unnest(k.conkey) WITH ORDINALITY AS c (attnum, i)
-                INNER JOIN pg_catalog.pg_attribute AS a ON k.conrelid = a.attrelid AND c.attnum = a.attnum
+                SELECT a.attname::text || '=' || r.attname::text
+                FROM unnest(k.conkey, k.confkey) WITH ORDINALITY AS c (col, ref, i)
+                INNER JOIN pg_catalog.pg_attribute AS a ON k.conrelid = a.attrelid AND c.col = a.attnum
+                INNER JOIN pg_catalog.pg_attribute AS r ON k.confrelid = r.attrelid AND c.ref = r.attnum
                 ORDER BY c.i
-            ) = ARRAY['organisation_id', 'workspace_id', 'project_id']
-            AND ARRAY(
-                SELECT a.attname::text
-                FROM unnest(k.confkey) WITH ORDINALITY AS c (attnum, i)
-                INNER JOIN pg_catalog.pg_attribute AS a ON k.confrelid = a.attrelid AND c.attnum = a.attnum
-                ORDER BY c.i
-            ) = ARRAY['organisation_id', 'workspace_id', 'id']
+            ) = ARRAY['organisation_id=organisation_id', 'workspace_id=workspace_id', 'project_id=id']
     )
 $$;
 COMMENT ON FUNCTION conformance.has_tier_path(oid) IS

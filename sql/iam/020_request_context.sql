@@ -140,6 +140,17 @@ BEGIN
 END
 $$;
 
+-- Does a grant of the context (compact form) still hold at `at_us` (epoch microseconds)? The
+-- one definition of a grant's window, used by request_grants and iam.permitted_scopes; an SQL
+-- expression, so it is inlined where it is used.
+CREATE OR REPLACE FUNCTION iam.grant_holds(held jsonb, at_us bigint)
+RETURNS boolean
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT NOT held ? 'u' OR (held ->> 'u')::bigint > at_us
+$$;
+
 -- The grants of the open request whose window holds at `at` (every one for NULL; none with
 -- no request open).
 -- In the context each grant is compact: role, permissions and scopes as array literals, the
@@ -157,7 +168,7 @@ AS $$
         (g ->> 's')::uuid [],
         pg_catalog.to_timestamp((g ->> 'u')::double precision / 1000000)
     FROM pg_catalog.jsonb_array_elements(iam.request_context() -> 'grants') AS g
-    WHERE at IS NULL OR g ->> 'u' IS NULL OR (g ->> 'u')::bigint > (extract(EPOCH FROM at) * 1000000)::bigint
+    WHERE at IS NULL OR iam.grant_holds(g, (extract(EPOCH FROM at) * 1000000)::bigint)
 $$;
 
 -- A grant in the context's compact form (see request_grants).
@@ -231,6 +242,7 @@ REVOKE ALL ON FUNCTION iam.transaction_identity() FROM public;
 REVOKE ALL ON FUNCTION iam.store_request_context(jsonb) FROM public;
 REVOKE ALL ON FUNCTION iam.verified_context(text) FROM public;
 REVOKE ALL ON FUNCTION iam.request_context() FROM public;
+REVOKE ALL ON FUNCTION iam.grant_holds(jsonb, bigint) FROM public;
 REVOKE ALL ON FUNCTION iam.request_grants(timestamptz) FROM public;
 REVOKE ALL ON FUNCTION iam.compact_grant(iam.request_grant) FROM public;
 REVOKE ALL ON FUNCTION iam.context_grants(jsonb, iam.request_grant[]) FROM public;

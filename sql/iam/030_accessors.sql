@@ -42,7 +42,7 @@ BEGIN
     -- Only the grants that carry the permission (the context indexes them), whose window holds.
     FOREACH position IN ARRAY (context -> 'by' ->> permission)::integer[] LOOP
         held := context -> 'grants' -> position;
-        IF NOT held ? 'u' OR (held ->> 'u')::bigint > now_us THEN
+        IF iam.grant_holds(held, now_us) THEN
             scopes := scopes || (held ->> 's')::uuid[];
         END IF;
     END LOOP;
