@@ -120,8 +120,8 @@ def chart(doc: dict[str, Any], path: Path) -> None:
     principals = list(dict.fromkeys(r["principal"] for r in doc.get("queries", [])))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 1.3]})
     ax = axes[0]
-    width = 0.8 / len(principals)
-    if max(r["fenced_over_limit"] for r in doc["queries"]) > 4:
+    width = 0.8 / max(1, len(principals))  # a run of other sections only has no query bars
+    if max((r["fenced_over_limit"] for r in doc.get("queries", [])), default=0) > 4:
         ax.set_yscale("log")  # a plan that misses by orders of magnitude keeps the rest readable
     for i, principal in enumerate(principals):
         ratios = [next(r["fenced_over_limit"] for r in doc["queries"]

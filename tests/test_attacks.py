@@ -396,6 +396,7 @@ INTERNAL_CALLS = {
     "iam.user_grants": "SELECT iam.user_grants(gen_random_uuid(), now())",
     "iam.key_grants": "SELECT iam.key_grants(gen_random_uuid(), now())",
     "iam.fence_key": "SELECT iam.fence_key('traces:read', true)",
+    "iam.planned_tenants": "SELECT iam.planned_tenants('organisation_id')",
     "iam.install_fence": "SELECT iam.install_fence('telemetry.traces', 'x', NULL, 'x', true, 'x')",
     "iam.verify_user_token": "SELECT iam.verify_user_token('tfu_x.y')",
     "iam.effective_permission_set": (

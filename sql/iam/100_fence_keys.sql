@@ -30,8 +30,28 @@ $$;
 COMMENT ON FUNCTION iam.fence_key(text, boolean) IS
 'The condition a fenced table''s policies put on rows for a permission (SQL text).';
 
+-- How many organisations and workspaces the planner assumes a tier-path table holds (see
+-- iam.install_fence).
+CREATE OR REPLACE FUNCTION iam.planned_tenants(tier_column name)
+RETURNS integer
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE tier_column WHEN 'organisation_id' THEN 10000 WHEN 'workspace_id' THEN 100000 END
+$$;
+
 -- Install the four policies of a fenced table: read (split by classification when the table
 -- has is_production and a production permission is given), insert, update, delete.
+--
+-- A tier-path table also gets the planner's assumption the fence is built on: a request sees
+-- few of a shared table's tenants. The scopes reach the plan only at run time, so the planner
+-- estimates `organisation_id = ANY($scopes)` from the column's distinct count; with one or a
+-- few organisations in the table (a new installation, a benchmark) it expects every row and
+-- plans a sequential scan for every principal. n_distinct is set as for many organisations
+-- and workspaces: estimates of a known id (a DBA's own `organisation_id = '...'`) still come
+-- from the most common values ANALYZE keeps, so only unknown ids are planned as narrow. The
+-- table is analyzed once, when the setting changes.
 CREATE OR REPLACE FUNCTION iam.install_fence(
     target regclass, read_permission text, read_prod_permission text, write_permission text,
     tier_path boolean, prefix text
@@ -69,10 +89,25 @@ BEGIN
     EXECUTE format(
         'CREATE POLICY %I ON %s FOR DELETE TO tracefence_app USING (%s)', prefix || '_delete', target, write_key
     );
+    IF tier_path AND EXISTS (
+        SELECT FROM pg_attribute AS a
+        WHERE
+            a.attrelid = target
+            AND a.attname IN ('organisation_id', 'workspace_id')
+            AND NOT coalesce(a.attoptions, '{}') @> ARRAY[format('n_distinct=%s', iam.planned_tenants(a.attname))]
+    ) THEN
+        EXECUTE format(
+            'ALTER TABLE %s ALTER COLUMN organisation_id SET (n_distinct = %s), '
+            'ALTER COLUMN workspace_id SET (n_distinct = %s)',
+            target, iam.planned_tenants('organisation_id'), iam.planned_tenants('workspace_id')
+        );
+        EXECUTE format('ANALYZE %s', target);
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION iam.install_fence(regclass, text, text, text, boolean, text) IS
 'Create the read, insert, update and delete policies of a fenced table from iam.fence_key.';
 
 REVOKE ALL ON FUNCTION iam.fence_key(text, boolean) FROM public;
+REVOKE ALL ON FUNCTION iam.planned_tenants(name) FROM public;
 REVOKE ALL ON FUNCTION iam.install_fence(regclass, text, text, text, boolean, text) FROM public;
