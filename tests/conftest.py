@@ -138,3 +138,15 @@ def db(server: Server, template: str) -> Iterator[Database]:
             yield database
         finally:
             database.close()
+
+
+@pytest.fixture
+def empty_db(server: Server, template: str) -> Iterator[str]:
+    """A database that has never seen tracefence (the template fixture made the roles)."""
+    name = f"tracefence_empty_{uuid.uuid4().hex[:12]}"
+    janitor = DatabaseJanitor(
+        user=server.user, host=server.host, port=server.port, password=server.password,
+        dbname=name,
+    )
+    with janitor:
+        yield server.conninfo(name)

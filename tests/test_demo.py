@@ -242,6 +242,22 @@ def test_demo_never_replaces_a_token_secret_and_writes_nothing_without_it(db: Da
     assert db.snapshot() == before
 
 
+def test_demo_prints_a_secret_it_sets_on_a_given_database_and_runs_again_with_it(
+    empty_db: str, tmp_path: Path
+) -> None:
+    first = demo("--dsn", empty_db, "--directory", str(tmp_path / "first"))
+    assert_story(first)
+    secret = first.line("set a new user-token secret (TRACEFENCE_TOKEN_SECRET):")
+    assert len(secret) >= 32
+    # Without it a second run changes nothing and says what it needs; with it, it runs.
+    again = demo("--dsn", empty_db, "--directory", str(tmp_path / "again"))
+    assert again.returncode == 2 and "pass the one it was set with" in again.stderr
+    second = demo("--dsn", empty_db, "--directory", str(tmp_path / "second"),
+                  env=_env(TRACEFENCE_TOKEN_SECRET=secret))
+    assert_story(second, slug="acme-2")
+    assert "set a new user-token secret" not in second.stdout
+
+
 def test_demo_exits_1_when_conformance_finds_errors(db: Database, tmp_path: Path) -> None:
     with db.admin() as conn:
         conn.execute("CREATE TABLE public.orders (project_id uuid)")  # unclassified, unfenced

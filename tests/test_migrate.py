@@ -5,27 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
-from pytest_postgresql.janitor import DatabaseJanitor
 
-from tests.world import Server
 from tracefence import migrate
-
-
-@pytest.fixture
-def empty_db(server: Server, template: str) -> Iterator[str]:
-    """A database that has never seen tracefence (the template fixture made the roles)."""
-    name = f"tracefence_empty_{uuid.uuid4().hex[:12]}"
-    janitor = DatabaseJanitor(
-        user=server.user, host=server.host, port=server.port, password=server.password,
-        dbname=name,
-    )
-    with janitor:
-        yield server.conninfo(name)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -105,3 +89,108 @@ def test_a_failing_migration_reports_and_exits_2(empty_db: str) -> None:
     result = _cli("migrate", "--dsn", empty_db + " port=1")
     assert result.returncode == 2
     assert "migration failed" in result.stderr
+
+
+def test_landed_migrations_match_their_recorded_checksums() -> None:
+    """migrations/landed.sha256 (sha256sum format) records every migration as it landed: a
+    landed file that changed fails here, and a new migration must be recorded to land. Fix a
+    mistake with a new migration, never by editing one (sql/CONVENTIONS.md, rule 1)."""
+    import hashlib
+
+    from tracefence.schema import migrations_dir
+
+    folder = migrations_dir()
+    recorded: dict[str, str] = {}
+    for line in (folder / "landed.sha256").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        recorded[name.lstrip("*")] = digest
+    present = {p.name for p in folder.glob("*.sql")}
+    assert present - set(recorded) == set(), "migrations not yet recorded in landed.sha256"
+    assert set(recorded) - present == set(), "landed.sha256 names migrations that are gone"
+    edited = [name for name, digest in recorded.items()
+              if hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest]
+    assert edited == [], f"landed migrations were edited: {edited}"
+
+
+def test_migrate_records_the_package_version_and_status_shows_it(empty_db: str) -> None:
+    from tracefence.schema import package_version
+
+    assert migrate.status(empty_db).schema_version is None
+    migrate.apply(empty_db)
+    assert migrate.status(empty_db).schema_version == package_version()
+    shown = _cli("migrate", "status", "--dsn", empty_db)
+    assert f"schema version: {package_version()}; package version: {package_version()}" in shown.stdout
+
+
+@pytest.mark.parametrize("newer", ["migration", "version"])
+def test_migrate_refuses_a_database_a_newer_package_migrated_and_changes_nothing(
+    empty_db: str, newer: str
+) -> None:
+    migrate.apply(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        if newer == "migration":  # a migration this package does not have
+            conn.execute(
+                "INSERT INTO _yoyo_migration (migration_hash, migration_id, applied_at_utc)"
+                " VALUES ('f00d', '9999_from_the_future', now())"
+            )
+        else:  # only sql/ changed in the newer release
+            conn.execute("SET ROLE tracefence_owner")
+            conn.execute("UPDATE conformance.installed_package SET version = '99.0.0'")
+        conn.execute("SET ROLE tracefence_owner")
+        conn.execute("UPDATE conformance.installed_sql SET sha256 = repeat('0', 64)")  # would re-apply
+        before = conn.execute("SELECT array_agg(path || sha256 ORDER BY path) FROM conformance.installed_sql"
+                              ).fetchone()
+    refused = _cli("migrate", "--dsn", empty_db)
+    assert refused.returncode == 2
+    assert "this database was migrated by" in refused.stderr
+    assert ("9999_from_the_future" if newer == "migration" else "tracefence 99.0.0") in refused.stderr
+    assert "upgrade the package" in refused.stderr and "Traceback" not in refused.stderr
+    with psycopg.connect(empty_db) as conn:
+        conn.execute("SET ROLE tracefence_owner")
+        after = conn.execute("SELECT array_agg(path || sha256 ORDER BY path) FROM conformance.installed_sql"
+                             ).fetchone()
+    assert after == before
+
+
+def test_rollback_that_would_drop_data_changes_nothing_and_says_what_blocks_it(db) -> None:
+    owner = db.create_user("owner")
+    with db.fence().request(user=owner) as conn:
+        conn.execute("SELECT tenancy.create_organisation('acme', 'Acme')")
+    applied = migrate.status(db.admin_conninfo).applied
+    before = db.snapshot()
+    blocked = _cli("migrate", "rollback", "--count", str(len(applied)), "--dsn", db.admin_conninfo)
+    assert blocked.returncode == 2, blocked.stdout
+    # The first blocker on the way down: the audit rows of the organisation's creation.
+    assert "rolling back 0007_audit would drop audit.events, which hold rows" in blocked.stderr
+    assert "nothing was rolled back: pass --drop-data" in blocked.stderr
+    after = migrate.status(db.admin_conninfo)
+    assert after.applied == applied and after.pending == [] and after.sql_changed == []
+    assert db.snapshot() == before
+
+
+def test_rollback_with_drop_data_undoes_every_migration_and_apply_restores_them(db) -> None:
+    owner = db.create_user("owner")
+    with db.fence().request(user=owner) as conn:
+        conn.execute("SELECT tenancy.create_organisation('acme', 'Acme')")
+    applied = migrate.status(db.admin_conninfo).applied
+    done = _cli("migrate", "rollback", "--count", str(len(applied)), "--drop-data", "--dsn",
+                db.admin_conninfo)
+    assert done.returncode == 0, done.stderr
+    assert migrate.status(db.admin_conninfo).applied == []
+    with psycopg.connect(db.admin_conninfo) as conn:
+        left = conn.execute("SELECT array_agg(nspname) FROM pg_namespace WHERE nspname = ANY(%s)",
+                            [["tenancy", "iam", "telemetry", "audit", "conformance"]]).fetchone()
+    assert left == (None,)
+    assert migrate.apply(db.admin_conninfo).pending == applied
+
+
+def test_rollback_of_the_latest_migration_keeps_the_data(db) -> None:
+    owner = db.create_user("owner")
+    with db.fence().request(user=owner) as conn:
+        conn.execute("SELECT tenancy.create_organisation('acme', 'Acme')")
+    before = db.snapshot()
+    latest = migrate.status(db.admin_conninfo).applied[-1]
+    assert migrate.rollback(db.admin_conninfo) == [latest]
+    assert migrate.status(db.admin_conninfo).pending == [latest]
+    migrate.apply(db.admin_conninfo)
+    assert db.snapshot() == before

@@ -19,21 +19,23 @@ from tests.conftest import APP_LOGIN, LOGIN_PASSWORD, SERVICE_LOGIN, TOKEN_SECRE
 from tests.world import Server
 from tracefence import migrate, schema, user_token
 
-# The previous landed state, moved forward each release.
-UPGRADE_FROM = "023eacf"
+# Where upgrades start: the last release (0.1.0) and the last landed state, moved forward as
+# they change (CHANGELOG.md).
+UPGRADE_FROM = {"0.1.0": "023eacf", "landed": "8422b77"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def previous_release(tmp_path: Path) -> Path:
-    """The migrations/ and sql/ folders of UPGRADE_FROM, from git."""
+@pytest.fixture(params=list(UPGRADE_FROM.values()), ids=list(UPGRADE_FROM))
+def previous_release(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """The migrations/ and sql/ folders of a state in UPGRADE_FROM, from git."""
+    ref = request.param
     try:
         archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", UPGRADE_FROM, "migrations", "sql"],
+            ["git", "-C", str(ROOT), "archive", ref, "migrations", "sql"],
             capture_output=True, check=True, timeout=60,
         ).stdout
     except (OSError, subprocess.CalledProcessError) as error:  # pragma: no cover - not a clone
-        pytest.skip(f"the git history with {UPGRADE_FROM} is not available: {error}")
+        pytest.skip(f"the git history with {ref} is not available: {error}")
     subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive, check=True, timeout=60)
     return tmp_path
 
@@ -106,7 +108,7 @@ def test_an_upgrade_from_the_previous_release_keeps_data_and_fence(
         app.execute("COMMIT")
 
     result = migrate.apply(old_db)
-    assert "0010_fence_v2" in result.pending
+    assert result.pending and result.pending[-1] == result.applied[-1]  # up to the latest
 
     with psycopg.connect(old_db) as conn:
         for table in ("traces", "spans"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import psycopg
 import typer
@@ -15,6 +15,7 @@ from rich.table import Table
 from tracefence import conformance as checker
 from tracefence import demo as demo_story
 from tracefence import migrate as migrations
+from tracefence.errors import RollbackBlocked, SchemaVersionError
 from tracefence.reports import ReportFormat, render
 from tracefence.reports import text_renderables as checker_text
 
@@ -35,6 +36,16 @@ DsnOption = Annotated[
 ]
 
 
+def could_not(action: str, reason: object) -> NoReturn:
+    """Exit 2 with a one-line reason: a server error's primary message and the notes added on
+    the way (which sql/ file), else the text (libpq's connection errors span lines)."""
+    if isinstance(reason, psycopg.Error) and reason.diag.message_primary:
+        reason = " ".join([reason.diag.message_primary, *getattr(reason, "__notes__", [])])
+    line = " ".join(str(reason).split())
+    errors.print(f"[red]{action}:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
 class MigrateAction(StrEnum):
     apply = "apply"
     status = "status"
@@ -51,6 +62,9 @@ def migrate(
     action: Annotated[MigrateAction, typer.Argument(help="What to do.")] = MigrateAction.apply,
     dsn: DsnOption = "",
     count: Annotated[int, typer.Option(help="How many migrations to roll back.", min=1)] = 1,
+    drop_data: Annotated[bool, typer.Option(
+        "--drop-data", help="Let rollback drop tables that hold rows, and empty tables whose "
+        "rows refer to rows it deletes (without it, such a rollback changes nothing).")] = False,
 ) -> None:
     """Apply pending migrations and sql/ files (default), show status, or roll back."""
     try:
@@ -75,16 +89,16 @@ def migrate(
                 console.print(f"sql/: {len(status.sql_changed)} files to apply")
             else:
                 console.print("sql/: up to date")
+            console.print(f"schema version: {status.schema_version or 'not recorded'}; "
+                          f"package version: {status.package_version}")
         else:
-            rolled_back = migrations.rollback(dsn, count)
+            rolled_back = migrations.rollback(dsn, count, drop_data=drop_data)
             for migration_id in rolled_back:
                 console.print(f"rolled back migration [bold]{migration_id}[/]")
             if not rolled_back:
                 console.print("nothing to roll back")
-    except psycopg.Error as error:
-        notes = " ".join(getattr(error, "__notes__", []))
-        errors.print(f"[red]migration failed:[/] {error} {notes}".rstrip())
-        raise typer.Exit(2) from error
+    except (psycopg.Error, SchemaVersionError, RollbackBlocked) as error:
+        could_not("migration failed", error)
 
 
 @app.command()
@@ -128,8 +142,7 @@ def demo(
     try:
         result = demo_story.run(options, console)
     except demo_story.DemoError as error:
-        errors.print(f"[red]demo failed:[/] {escape(str(error))}", highlight=False)
-        raise typer.Exit(2) from error
+        could_not("demo failed", error)
     raise typer.Exit(result.exit_code)
 
 
@@ -140,8 +153,7 @@ def sweep(dsn: DsnOption = "") -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             row = conn.execute("SELECT iam.sweep_expired()").fetchone()
     except psycopg.Error as error:
-        errors.print(f"[red]sweep failed:[/] {error}")
-        raise typer.Exit(2) from error
+        could_not("sweep failed", error)
     recorded = row[0] if row else 0
     console.print(f"sweep recorded {recorded} audit row{'s' if recorded != 1 else ''}")
 
@@ -166,8 +178,7 @@ def explain(
                 [principal, resource, permission],
             ).fetchall()
     except psycopg.Error as error:
-        errors.print(f"[red]explain failed:[/] {error.diag.message_primary or error}")
-        raise typer.Exit(2) from error
+        could_not("explain failed", error)
     granted = any(row[0] for row in rows)
     table = Table("granted", "tier", "resource", "source", "role", "window", "reason")
     for ok, tier, resource_id, source, role, valid_from, valid_until, reason in rows:
@@ -246,18 +257,19 @@ def conformance_command(
         missing = [name for name, value in (("--app-dsn", app_dsn), ("--service-dsn", service_dsn),
                                             ("--token-secret", token_secret)) if not value]
         if missing:
-            errors.print(f"[red]conformance could not run:[/] --scenarios needs {', '.join(missing)}")
-            raise typer.Exit(2)
+            could_not("conformance could not run", f"--scenarios needs {', '.join(missing)}")
         assert app_dsn and service_dsn and token_secret
         logins = checker.ScenarioLogins(app_dsn, service_dsn, token_secret.encode())
     try:
         report = checker.run(dsn, probe=probe, manifest=manifest, scenarios=scenarios,
                              logins=logins)
     except checker.CouldNotRun as error:
-        errors.print(f"[red]conformance could not run:[/] {error}")
-        raise typer.Exit(2) from error
+        could_not("conformance could not run", error)
     if output is not None:
-        output.write_text(render(report, report_format))
+        try:
+            output.write_text(render(report, report_format))
+        except OSError as error:
+            could_not("conformance could not write its report", f"{output}: {error.strerror}")
         verdict = "[green]fenced[/]" if report.passed else f"[red]{len(report.errors)} error(s)[/]"
         errors.print(f"wrote {report_format.value} report to {output}: {verdict}")
     elif report_format is ReportFormat.text:

@@ -586,12 +586,19 @@ def show_kept_server(console: Console, admin_dsn: str, secret: bytes | None) -> 
     _say(console, *lines)
 
 
-def set_up(console: Console, admin_dsn: str, where: str, token_secret: bytes | None) -> Story:
+def set_up(console: Console, admin_dsn: str, where: str, token_secret: bytes | None,
+           given_database: bool = False) -> Story:
     _say(console, f"database: {_shown(admin_dsn)}{where}")
     status = migrations.apply(admin_dsn)
     _say(console, f"migrated: {len(status.pending)} migrations applied, "
          f"{len(status.sql_changed)} sql/ files changed")
     secret, generated = _token_secret(admin_dsn, token_secret)
+    if generated and given_database:
+        # The database keeps this secret and the demo never replaces it: whoever runs the demo
+        # again, or issues the application's user tokens there, needs it.
+        _say(console, f"set a new user-token secret (TRACEFENCE_TOKEN_SECRET): {secret.decode()}",
+             "  keep it: user tokens for this database are signed with it, and the next demo "
+             "run on it needs it (--token-secret)")
     fence = Fence(_as_role(admin_dsn, "tracefence_app"), user_token_secret=secret)
     org = build_sample_org(fence, admin_dsn, _as_role(admin_dsn, "tracefence_service"))
     story = Story(console, admin_dsn, fence, org, secret if generated else None)
@@ -626,7 +633,8 @@ def run(options: Options, console: Console) -> checker.Report:
             story: Story | None = None
             try:
                 with _section(console, "1. Schema and sample organisation"):
-                    story = set_up(console, admin_dsn, where, options.token_secret)
+                    story = set_up(console, admin_dsn, where, options.token_secret,
+                                   given_database=options.dsn is not None)
                 for title, show in SECTIONS:
                     with _section(console, title):
                         show(story)

@@ -43,6 +43,16 @@ class RequestStateError(TracefenceError):
     """25xxx: the transaction is not in a state to open a request."""
 
 
+class SchemaVersionError(TracefenceError):
+    """The database was migrated by a newer tracefence than this one: migrating it with this
+    package would apply older sql/ files over newer ones."""
+
+
+class RollbackBlocked(TracefenceError):
+    """`migrate rollback` would drop or orphan data it was not allowed to drop; nothing was
+    rolled back."""
+
+
 def from_database(error: psycopg.Error) -> TracefenceError:
     """The typed error for a psycopg error; errors with another SQLSTATE become the base class."""
     state = error.sqlstate or ""

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from yoyo import read_migrations
 from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
 
-from tracefence.schema import migrations_dir, sql_dir, sql_files
+from tracefence.errors import RollbackBlocked, SchemaVersionError
+from tracefence.schema import migrations_dir, package_version, sql_dir, sql_files
 
 MIGRATION_TABLE = "_yoyo_migration"
 
@@ -42,6 +45,55 @@ class MigrationStatus:
     applied: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
     sql_changed: list[str] = field(default_factory=list)
+    package_version: str = ""
+    schema_version: str | None = None  # the package version whose migrate ran last, if recorded
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version (0.2.0rc1 -> (0, 2, 0)): what "newer" compares."""
+    match = re.match(r"\d+(\.\d+)*", version)
+    return tuple(int(part) for part in match.group(0).split(".")) if match else (0,)
+
+
+def _schema_version(conn: psycopg.Connection[Any]) -> str | None:
+    exists = conn.execute("SELECT to_regclass('conformance.installed_package') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute("SELECT version FROM conformance.installed_package").fetchone()
+    return row[0] if row else None
+
+
+def _refuse_newer_schema(conninfo: str, known: set[str]) -> None:
+    """Raise SchemaVersionError if a newer tracefence migrated the database: it applied a
+    migration this package does not have, or recorded a later version."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        unknown: list[str] = []
+        if conn.execute(f"SELECT to_regclass('{MIGRATION_TABLE}') IS NOT NULL").fetchone() == (True,):
+            applied = conn.execute(f"SELECT migration_id FROM {MIGRATION_TABLE}").fetchall()
+            unknown = sorted(row[0] for row in applied if row[0] not in known)
+        recorded = _schema_version(conn)
+    mine = package_version()
+    if unknown or (recorded is not None and _release(recorded) > _release(mine)):
+        newer = f"tracefence {recorded}" if recorded else "a newer tracefence"
+        what = f" (migrations unknown to this package: {', '.join(unknown)})" if unknown else ""
+        raise SchemaVersionError(
+            f"this database was migrated by {newer}{what}; this package is {mine}: "
+            "upgrade the package, or restore the database it was installed with"
+        )
+
+
+def _record_version(conn: psycopg.Connection[Any]) -> None:
+    """Record this package's version as the one that migrated the database (no write when it
+    already is). A schema from before migration 0011 (tests install old releases) has no
+    record to keep."""
+    if conn.execute("SELECT to_regclass('conformance.installed_package') IS NULL").fetchone() == (True,):
+        return
+    conn.execute(
+        "INSERT INTO conformance.installed_package (version) VALUES (%s) ON CONFLICT (singleton)"
+        " DO UPDATE SET version = excluded.version, migrated_at = now()"
+        " WHERE installed_package.version IS DISTINCT FROM excluded.version",
+        [package_version()],
+    )
 
 
 def _digest(text: str) -> str:
@@ -64,7 +116,7 @@ def _sql_sources() -> list[tuple[str, str]]:
 def status(conninfo: str) -> MigrationStatus:
     migrations = read_migrations(str(migrations_dir()))
     backend = _backend(conninfo)
-    result = MigrationStatus()
+    result = MigrationStatus(package_version=package_version())
     with backend.lock():
         for migration in migrations:
             (result.applied if backend.is_applied(migration) else result.pending).append(
@@ -72,6 +124,7 @@ def status(conninfo: str) -> MigrationStatus:
             )
     with psycopg.connect(conninfo) as conn:
         installed = _installed_sql(conn)
+        result.schema_version = _schema_version(conn)
     result.sql_changed = [
         path for path, text in _sql_sources() if installed.get(path) != _digest(text)
     ]
@@ -79,16 +132,23 @@ def status(conninfo: str) -> MigrationStatus:
 
 
 def apply(conninfo: str) -> MigrationStatus:
-    """Apply pending migrations, then the sql/ files if any changed. A second run is a no-op."""
+    """Apply pending migrations, then the sql/ files if any changed, and record the package's
+    version. A second run is a no-op. A database a newer package migrated is refused
+    (SchemaVersionError) before anything is written."""
     migrations = read_migrations(str(migrations_dir()))
+    _refuse_newer_schema(conninfo, {m.id for m in migrations})
     backend = _backend(conninfo)
-    result = MigrationStatus()
+    result = MigrationStatus(package_version=package_version())
     with backend.lock():
         pending = backend.to_apply(migrations)
         result.pending = [m.id for m in pending]
         backend.apply_migrations(pending)
         result.applied = [m.id for m in migrations]
     result.sql_changed = apply_sql(conninfo)
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("SET LOCAL ROLE tracefence_owner")
+        _record_version(conn)
+        result.schema_version = package_version()
     return result
 
 
@@ -117,14 +177,92 @@ def apply_sql(conninfo: str, *, force: bool = False) -> list[str]:
     return changed
 
 
-def rollback(conninfo: str, count: int = 1) -> list[str]:
-    """Roll back the last `count` migrations; the sql/ files are re-applied on the next apply."""
+#: Schemas whose tables hold tenants' data (what `rollback` will not drop unasked), and the
+#: tables there whose rows the migrations write themselves (the catalog, the signing key) or
+#: derive from other tables (descendant_projects, rebuilt by the migration that creates it).
+DATA_SCHEMAS = ("tenancy", "iam", "telemetry", "audit")
+PACKAGE_ROWS = ("iam.permissions", "iam.roles", "iam.role_permissions", "iam.request_signing_key",
+                "tenancy.descendant_projects")
+
+
+def _tables_holding_rows(conn: psycopg.Connection[Any]) -> set[str]:
+    """Tables of DATA_SCHEMAS with at least one row. A table this login cannot read past
+    row-level security counts as holding rows (row_security = off makes that an error, not an
+    empty answer)."""
+    tables = conn.execute(
+        "SELECT c.oid::regclass::text FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY(%s) AND NOT c.oid::regclass::text = ANY(%s)",
+        [list(DATA_SCHEMAS), list(PACKAGE_ROWS)],
+    ).fetchall()
+    holding = set()
+    row = conn.execute(
+        "SELECT current_setting('row_security'), set_config('row_security', 'off', true)"
+    ).fetchone()
+    previous = row[0] if row else "on"
+    for (table,) in tables:
+        try:
+            with conn.transaction():
+                found = conn.execute(f"SELECT EXISTS (SELECT FROM {table})").fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            found = (True,)
+        if found and found[0]:
+            holding.add(table)
+    conn.execute("SELECT set_config('row_security', %s, true)", [previous])
+    return holding
+
+
+def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [table]).fetchone() == (True,)
+
+
+def rollback(conninfo: str, count: int = 1, *, drop_data: bool = False) -> list[str]:
+    """Roll back the last `count` migrations in one transaction: all of them, or none.
+
+    Raises RollbackBlocked, having changed nothing, when a rollback would drop a table that
+    holds rows, or delete rows other rows refer to; with `drop_data` it drops them (emptying a
+    referring table first). The sql/ files are re-applied on the next apply.
+    """
     migrations = read_migrations(str(migrations_dir()))
     backend = _backend(conninfo)
     with backend.lock():
         to_rollback = backend.to_rollback(migrations)[:count]
-        backend.rollback_migrations(to_rollback)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        if _installed_sql(conn):
-            conn.execute("DELETE FROM conformance.installed_sql")
+        with psycopg.connect(conninfo) as conn, conn.transaction():
+            for migration in to_rollback:
+                _rollback_one(conn, migration, drop_data)
+                conn.execute(f"DELETE FROM {MIGRATION_TABLE} WHERE migration_hash = %s", [migration.hash])
+            if _installed_sql(conn):
+                conn.execute("DELETE FROM conformance.installed_sql")
     return [m.id for m in to_rollback]
+
+
+def _rollback_one(conn: psycopg.Connection[Any], migration: Any, drop_data: bool) -> None:
+    """Run one migration's rollback file inside the caller's transaction."""
+    text = Path(str(migration.path).removesuffix(".sql") + ".rollback.sql").read_text()
+    emptied: list[str] = []
+    while True:
+        holding = _tables_holding_rows(conn)
+        try:
+            with conn.transaction():
+                conn.execute(text.encode())
+                conn.execute("SET LOCAL ROLE NONE")  # the file's SET LOCAL ROLE ends with it
+        except psycopg.errors.ForeignKeyViolation as error:
+            referring = f"{error.diag.schema_name}.{error.diag.table_name}"
+            if not drop_data or referring in emptied:
+                raise RollbackBlocked(
+                    f"rolling back {migration.id} would delete rows that {referring} refers to "
+                    f"({error.diag.message_primary}); nothing was rolled back: pass --drop-data "
+                    "to empty it first"
+                ) from error
+            emptied.append(referring)
+            conn.execute(f"TRUNCATE {referring} CASCADE")
+            continue
+        except psycopg.Error as error:
+            error.add_note(f"while rolling back {migration.id}; nothing was rolled back")
+            raise
+        break
+    dropped = sorted(t for t in holding if not _exists(conn, t))
+    if dropped and not drop_data:
+        raise RollbackBlocked(
+            f"rolling back {migration.id} would drop {', '.join(dropped)}, which hold rows; "
+            "nothing was rolled back: pass --drop-data to drop them"
+        )

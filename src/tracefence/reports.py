@@ -9,7 +9,6 @@ import io
 import json
 import xml.etree.ElementTree as ET
 from enum import StrEnum
-from importlib import metadata
 from typing import Any
 
 from rich import box
@@ -19,6 +18,7 @@ from rich.text import Text
 
 from tracefence import probe as dynamic_probe
 from tracefence.conformance import SCENARIO_CODES, Finding, Report, TableReport
+from tracefence.schema import package_version
 
 INFORMATION_URI = "https://github.com/tracefence/tracefence"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -30,13 +30,6 @@ class ReportFormat(StrEnum):
     junit = "junit"
     sarif = "sarif"
     html = "html"
-
-
-def _version() -> str:
-    try:
-        return metadata.version("tracefence")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "0"
 
 
 def _probe_status(table: TableReport, report: Report) -> str:
@@ -158,7 +151,7 @@ def render_text(report: Report, *, color: bool = False, width: int = 140) -> str
 def report_dict(report: Report) -> dict[str, Any]:
     index = {id(f): n for n, f in enumerate(report.findings)}
     return {
-        "tool": {"name": "tracefence", "version": _version()},
+        "tool": {"name": "tracefence", "version": package_version()},
         "database": report.database,
         "user": report.user,
         "server_version": report.server_version,
@@ -355,7 +348,7 @@ def sarif_dict(report: Report) -> dict[str, Any]:
         "runs": [{
             "tool": {"driver": {
                 "name": "tracefence",
-                "version": _version(),
+                "version": package_version(),
                 "informationUri": INFORMATION_URI,
                 "rules": rules,
             }},
@@ -590,7 +583,7 @@ def render_html(report: Report) -> str:
         f"<style>{_CSS}</style></head><body><main>"
         f"<header><h1>tracefence isolation conformance</h1><div class=\"meta\">{meta}</div></header>"
         f"{verdict}<div class=\"cards\">{card_html}</div>{''.join(sections)}"
-        f"<footer>tracefence {_e(_version())} · SPEC §4: every project-scoped table is fenced "
+        f"<footer>tracefence {_e(package_version())} · SPEC §4: every project-scoped table is fenced "
         "(RLS enabled and forced, canonical policies for every command keyed to the project, "
         "no bypass) and proven so by the dynamic probe.</footer>"
         "</main></body></html>\n"

@@ -1,7 +1,9 @@
-"""Where the package's migrations and sql/ files are, installed or in a checkout."""
+"""The package's schema: where its migrations and sql/ files are (installed or in a
+checkout), and the version they belong to."""
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -18,6 +20,14 @@ def _locate(name: str) -> Path:
     if checkout.is_dir():
         return checkout
     raise FileNotFoundError(f"tracefence {name}/ folder not found next to {_PACKAGE}")
+
+
+def package_version() -> str:
+    """This package's version, as installed (what `migrate` records in the database)."""
+    try:
+        return metadata.version("tracefence")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0.0.0"
 
 
 def migrations_dir() -> Path:
