@@ -1,6 +1,7 @@
 """What an audited grant costs: a grant at organisation tier in an organisation with 1,000
 projects (one audit row per scope whose effective set changes: 1 + 50 + 1,000) against a grant
-at project tier (one row), measured side by side, interleaved, in one run.
+at project tier (one row), measured side by side, interleaved, in one run; each time is the
+grant's statement and its COMMIT (the audit rows are written and flushed by then).
 
     python -m bench.grant_cost [--dsn DSN] [--projects 1000] [--rounds 15]
 
@@ -109,7 +110,7 @@ def run(dsn: str, projects: int, rounds: int) -> dict[str, object]:
             with fence.request(user=owner) as conn:
                 started = time.perf_counter()
                 conn.execute("SELECT iam.grant_role(%s, %s, %s)", [user, role, resource])
-                timings[tier].append((time.perf_counter() - started) * 1000)
+            timings[tier].append((time.perf_counter() - started) * 1000)  # the grant and its COMMIT
             with psycopg.connect(dsn) as admin:
                 count = admin.execute(
                     "SELECT count(*) FROM audit.events WHERE principal_id = %s", [user]

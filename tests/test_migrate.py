@@ -194,3 +194,36 @@ def test_rollback_of_the_latest_migration_keeps_the_data(db) -> None:
     assert migrate.status(db.admin_conninfo).pending == [latest]
     migrate.apply(db.admin_conninfo)
     assert db.snapshot() == before
+
+
+def test_applying_sql_drops_functions_it_no_longer_defines_and_keeps_the_rest(empty_db: str) -> None:
+    """An upgrade must not leave an old overload behind (42725 "is not unique" otherwise):
+    a function sql/ defined before and no longer defines is dropped; the functions migrations
+    create and anyone else's stay."""
+    migrate.apply(empty_db)
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("SET ROLE tracefence_owner")
+        # What an earlier release's sql/ left: the same name with another signature.
+        conn.execute("CREATE FUNCTION iam.effective_permission_set(uuid, uuid) RETURNS text[]"
+                     " LANGUAGE sql AS 'SELECT NULL::text[]'")
+        conn.execute("RESET ROLE")
+        conn.execute("CREATE ROLE host_owner_for_stale_test")
+        conn.execute("GRANT CREATE ON SCHEMA telemetry TO host_owner_for_stale_test")
+        conn.execute("SET ROLE host_owner_for_stale_test")
+        conn.execute("CREATE FUNCTION telemetry.host_helper() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+        conn.execute("RESET ROLE")
+    try:
+        migrate.apply_sql(empty_db, force=True)
+        with psycopg.connect(empty_db) as conn:
+            left = {r[0] for r in conn.execute(
+                "SELECT p.oid::regprocedure::text FROM pg_proc AS p"
+                " WHERE p.proname IN ('effective_permission_set', 'host_helper', 'purge_expired')"
+            ).fetchall()}
+        assert "iam.effective_permission_set(uuid,uuid)" not in left
+        assert {"telemetry.host_helper()", "audit.purge_expired()"} <= left
+        assert any(s.startswith("iam.effective_permission_set(") for s in left)  # the current one
+    finally:
+        with psycopg.connect(empty_db, autocommit=True) as conn:
+            conn.execute("DROP FUNCTION IF EXISTS telemetry.host_helper()")
+            conn.execute("DROP OWNED BY host_owner_for_stale_test")
+            conn.execute("DROP ROLE host_owner_for_stale_test")

@@ -13,7 +13,7 @@ from yoyo import read_migrations
 from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
 
 from tracefence.errors import RollbackBlocked, SchemaVersionError
-from tracefence.schema import migrations_dir, package_version, sql_dir, sql_files
+from tracefence.schema import SQL_FOLDERS, migrations_dir, package_version, sql_dir, sql_files
 
 MIGRATION_TABLE = "_yoyo_migration"
 
@@ -152,8 +152,53 @@ def apply(conninfo: str) -> MigrationStatus:
     return result
 
 
+#: A migration that creates a function (not sql/'s job, but 0007's audit functions are).
+_MIGRATION_FUNCTION = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+([a-z_]+\.[a-z_]+)\s*\(",
+                                 re.IGNORECASE)
+
+
+def _functions_of_migrations() -> set[str]:
+    """Names (schema.name) of the functions the migrations create."""
+    return {
+        match.lower()
+        for path in migrations_dir().glob("*.sql")
+        if not path.name.endswith(".rollback.sql")
+        for match in _MIGRATION_FUNCTION.findall(path.read_text())
+    }
+
+
+def _package_functions(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """Every function of the package's schemas owned by tracefence_owner, by signature, with
+    the version (xmin) of its catalog row."""
+    rows = conn.execute(
+        "SELECT p.oid::regprocedure::text, p.xmin::text, n.nspname || '.' || p.proname"
+        " FROM pg_catalog.pg_proc AS p JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = ANY(%s) AND p.proowner = 'tracefence_owner'::regrole",
+        [list(SQL_FOLDERS)],
+    ).fetchall()
+    kept = _functions_of_migrations()
+    return {signature: version for signature, version, name in rows if name not in kept}
+
+
+def _drop_stale_functions(conn: psycopg.Connection[Any], before: dict[str, str]) -> list[str]:
+    """Drop the functions sql/ defined before this application and no longer defines: a
+    function CREATE OR REPLACE re-created has a new catalog row, so one whose row is unchanged
+    was not re-created (a signature that changed, a function removed). RESTRICT: a policy,
+    trigger or view still using one fails the whole application, naming it."""
+    after = _package_functions(conn)
+    stale = sorted(sig for sig, version in after.items() if before.get(sig) == version)
+    for signature in stale:
+        try:
+            conn.execute(f"DROP FUNCTION {signature}")
+        except psycopg.Error as error:
+            error.add_note(f"sql/ no longer defines {signature}, and it cannot be dropped")
+            raise
+    return stale
+
+
 def apply_sql(conninfo: str, *, force: bool = False) -> list[str]:
-    """Run every sql/ file as tracefence_owner in one transaction when any of them changed."""
+    """Run every sql/ file as tracefence_owner in one transaction when any of them changed,
+    then drop the package functions the files no longer define (stale overloads)."""
     sources = _sql_sources()
     with psycopg.connect(conninfo) as conn:
         installed = _installed_sql(conn)
@@ -162,12 +207,14 @@ def apply_sql(conninfo: str, *, force: bool = False) -> list[str]:
             return []
         with conn.transaction():
             conn.execute("SET LOCAL ROLE tracefence_owner")
+            before = _package_functions(conn)
             for path, text in sources:
                 try:
                     conn.execute(text.encode())
                 except psycopg.Error as error:
                     error.add_note(f"while applying sql/{path}")
                     raise
+            _drop_stale_functions(conn, before)
             conn.execute("DELETE FROM conformance.installed_sql")
             with conn.cursor() as cur:
                 cur.executemany(
