@@ -422,6 +422,8 @@ INTERNAL_CALLS = {
     "iam.set_token_secret": "SELECT iam.set_token_secret(convert_to(repeat('k', 40), 'UTF8'))",
     "iam.delete_user": "SELECT iam.delete_user(gen_random_uuid())",
     "iam.sweep_expired": "SELECT iam.sweep_expired()",
+    "iam.lock_access": "SELECT iam.lock_access(gen_random_uuid(), gen_random_uuid())",
+    "iam.sweep_principal": "SELECT iam.sweep_principal(gen_random_uuid(), gen_random_uuid())",
     "audit.purge_expired": "SELECT audit.purge_expired()",
     "telemetry.classify_trace": "SELECT telemetry.classify_trace()",
     "telemetry.stamp_span": "SELECT telemetry.stamp_span()",

@@ -10,7 +10,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from tests.world import Database, Org, build_org, visible_traces
-from tracefence import ConstraintViolation, Fence, PermissionDenied, RequestStateError, api
+from tracefence import ConstraintViolation, Fence, PermissionDenied, RequestStateError, TracefenceError, api
 
 
 @pytest.fixture
@@ -122,3 +122,55 @@ def test_foreign_environment_and_key_errors_name_only_what_was_passed(db: Databa
         messages.append(str(raised.value).rsplit(" ", 1)[0])
     assert messages[0] == messages[1] and messages[2] == messages[3]
     assert visible_traces(db, user=org.owner) == set()
+
+
+def test_a_tenant_holding_a_change_of_a_user_blocks_nothing_in_the_users_other_organisations(
+    db: Database, org: Org
+) -> None:
+    """Issue 14: binding a victim into an organisation of one's own and keeping the transaction
+    open (or prepared) used to lock the victim's principal row: nobody could revoke it, and
+    every grant or key it made waited on the foreign-key check. The lock is now per principal
+    and organisation."""
+    victim = db.create_user("victim")
+    colleague = db.create_user("colleague")
+    with db.fence().request(user=org.owner) as conn:
+        api.grant_role(conn, victim, "org_admin", org.id)
+    attacker_org = build_org(db, workspaces=1, projects_per_workspace=1)
+    holder = db.app(autocommit=False)
+    api.begin_request(holder, db.fence().credential_for(user=attacker_org.owner))
+    api.grant_role(holder, victim, "org_member", attacker_org.id)  # held, uncommitted
+    try:
+        fence = db.fence()
+        with fence.request(user=victim) as conn:  # the victim's own change (granted_by FK)
+            conn.execute("SET LOCAL statement_timeout = '3s'")
+            assert api.grant_role(conn, colleague, "org_member", org.id) is not None
+        with fence.request(user=victim) as conn:  # ... a key it makes (created_by FK)
+            conn.execute("SET LOCAL statement_timeout = '3s'")
+            api.create_api_key(conn, "k", org.projects[0].id, ["traces:read"])
+        with fence.request(user=org.owner) as conn:  # its revocation in its own organisation
+            conn.execute("SET LOCAL statement_timeout = '3s'")
+            assert api.revoke_role(conn, victim, org.id) is not None
+        with fence.request(user=org.owner) as conn:  # a new workspace where it was bound
+            conn.execute("SET LOCAL statement_timeout = '3s'")
+            api.create_workspace(conn, org.id, "after", "After")
+    finally:
+        holder.rollback()
+
+
+def test_a_change_waiting_on_the_same_principal_and_organisation_fails_clearly_and_writes_nothing(
+    db: Database, org: Org
+) -> None:
+    user = db.create_user()
+    holder = db.app(autocommit=False)
+    api.begin_request(holder, db.fence().credential_for(user=org.owner))
+    api.grant_role(holder, user, "org_member", org.id)  # held, uncommitted
+    try:
+        before = db.snapshot()
+        with pytest.raises(TracefenceError) as raised, db.fence().request(user=org.owner) as conn:
+            conn.execute("SET LOCAL statement_timeout = '30s'")  # a regression fails, not hangs
+            api.grant_role(conn, user, "org_admin", org.id)
+        assert raised.value.sqlstate == "55P03"
+        assert f"another access change of principal {user} in organisation {org.id}" in str(raised.value)
+        assert db.snapshot() == before
+    finally:
+        holder.rollback()

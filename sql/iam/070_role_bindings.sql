@@ -119,7 +119,7 @@ BEGIN
     END IF;
     PERFORM iam.require_role_permissions(resource, role, 'granting');
     -- Record the principal's pending expiries and lock it before reading its binding here.
-    PERFORM iam.sweep_principal(principal);
+    PERFORM iam.sweep_principal(principal, resource_row.organisation_id);
 
     SELECT b.* INTO existing
     FROM iam.role_bindings AS b
@@ -196,7 +196,7 @@ BEGIN
     ) THEN
         RETURN NULL;  -- nothing bound there: nothing changes
     END IF;
-    PERFORM iam.sweep_principal(principal);
+    PERFORM iam.sweep_principal(principal, iam.organisation_of(resource));
     SELECT b.* INTO existing
     FROM iam.role_bindings AS b
     WHERE b.principal_id = principal AND b.resource_id = resource

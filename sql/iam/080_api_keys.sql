@@ -148,7 +148,7 @@ BEGIN
     IF EXISTS (SELECT FROM iam.api_keys AS k WHERE k.id = key_id AND k.revoked_at IS NOT NULL) THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('API key %s is revoked', key_id);
     END IF;
-    PERFORM iam.sweep_principal(key_id);
+    PERFORM iam.sweep_principal(key_id, iam.organisation_of(resource));
     before := iam.effective_sets(key_id, resource, at);
     DELETE FROM iam.api_key_scopes AS s
     WHERE s.key_id = set_api_key_scopes.key_id AND NOT s.permission = ANY(clean_scopes);
@@ -179,7 +179,7 @@ DECLARE
     before jsonb;
     event audit.events;
 BEGIN
-    PERFORM iam.sweep_principal(key_id);
+    PERFORM iam.sweep_principal(key_id, iam.organisation_of(resource));
     before := iam.effective_sets(key_id, resource, at);
     UPDATE iam.api_keys AS k SET revoked_at = at
     WHERE k.id = key_id AND k.revoked_at IS NULL;

@@ -68,7 +68,7 @@ DECLARE
     principal uuid;
 BEGIN
     FOR principal IN SELECT tenancy.principals_bound_at(organisation, workspace) LOOP
-        PERFORM iam.sweep_principal(principal);
+        PERFORM iam.sweep_principal(principal, organisation);
     END LOOP;
 END
 $$;
@@ -290,7 +290,7 @@ BEGIN
         INNER JOIN tenancy.resources AS r ON r.id = k.resource_id
         WHERE r.organisation_id = organisation
     LOOP
-        PERFORM iam.sweep_principal(principal);
+        PERFORM iam.sweep_principal(principal, organisation);
         before := iam.effective_sets(principal, resource, at);
         SELECT count(*) INTO n FROM audit.record_rbac_changes(
             principal, before, before - doomed, cause, at,
