@@ -174,3 +174,27 @@ def test_a_change_waiting_on_the_same_principal_and_organisation_fails_clearly_a
         assert db.snapshot() == before
     finally:
         holder.rollback()
+
+
+def test_an_environment_is_answered_as_its_project_never_with_a_silent_empty_set(
+    db: Database, org: Org
+) -> None:
+    """Issue 14: effective_permissions at an environment id returned an empty set for everyone,
+    the organisation owner included, and explain said projects:read was required."""
+    project = org.projects[0]
+    developer = db.create_user("developer")
+    with db.fence().request(user=org.owner) as conn:
+        api.grant_role(conn, developer, "project_developer", project.id)
+        at_project = api.effective_permissions(conn, developer, project.id)
+        for environment in (project.production, project.staging):
+            assert api.effective_permissions(conn, org.owner, environment) == \
+                api.effective_permissions(conn, org.owner, project.id) != frozenset()
+            assert api.effective_permissions(conn, developer, environment) == at_project
+            granted = [e for e in api.explain(conn, developer, environment, "traces:read") if e.granted]
+            assert [(e.role, e.resource_id) for e in granted] == [("project_developer", project.id)]
+    # Another tenant's environment is another tenant's project: nothing about it, as before.
+    other = build_org(db, workspaces=1, projects_per_workspace=1)
+    with db.fence().request(user=org.owner) as conn:
+        assert api.effective_permissions(conn, org.owner, other.projects[0].staging) == frozenset()
+    with pytest.raises(PermissionDenied), db.fence().request(user=org.owner) as conn:
+        api.effective_permissions(conn, other.owner, other.projects[0].staging)

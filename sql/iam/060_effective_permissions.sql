@@ -38,6 +38,18 @@ COMMENT ON FUNCTION iam.effective_permission_set(uuid, uuid, timestamptz) IS
 
 -- The API: a principal's effective permissions at a resource now. Anyone may ask about
 -- themselves; asking about another user needs members:read there, about a key api-keys:read.
+-- The scope a resource id stands for in the questions "what may P do at X" and "why": an
+-- environment is answered for its project (SPEC §2: environments sit under projects and carry
+-- no bindings of their own); any other id is itself. Internal.
+CREATE OR REPLACE FUNCTION iam.scope_of(resource uuid)
+RETURNS uuid
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((SELECT e.project_id FROM tenancy.environments AS e WHERE e.id = resource), resource)
+$$;
+
 CREATE OR REPLACE FUNCTION iam.effective_permissions(principal uuid, resource uuid)
 RETURNS text[]
 LANGUAGE plpgsql
@@ -45,6 +57,7 @@ STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    resource := iam.scope_of(resource);
     -- About itself the answer is empty both for a resource that does not exist and for one
     -- in another tenant: it says nothing, so no check is needed.
     IF principal IS DISTINCT FROM iam.require_request() THEN
@@ -57,5 +70,6 @@ COMMENT ON FUNCTION iam.effective_permissions(uuid, uuid) IS
 'A principal''s effective permissions at a resource now (own, or with members:read / api-keys:read).';
 
 REVOKE ALL ON FUNCTION iam.effective_permission_set(uuid, uuid, timestamptz) FROM public;
+REVOKE ALL ON FUNCTION iam.scope_of(uuid) FROM public;
 REVOKE ALL ON FUNCTION iam.effective_permissions(uuid, uuid) FROM public;
 GRANT EXECUTE ON FUNCTION iam.effective_permissions(uuid, uuid) TO tracefence_app;

@@ -53,6 +53,7 @@ DECLARE
     key iam.api_keys;
     holds boolean;
 BEGIN
+    resource := iam.scope_of(resource);
     IF NOT EXISTS (SELECT FROM iam.permissions AS p WHERE p.name = explain_access.permission) THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown permission: %L', explain_access.permission);
     END IF;
@@ -137,6 +138,7 @@ STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    resource := iam.scope_of(resource);
     PERFORM iam.require_insight(principal, resource);
     -- explain names a key's own resource: only for keys of the resource's organisation.
     IF EXISTS (
