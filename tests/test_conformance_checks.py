@@ -491,6 +491,18 @@ def test_tf011_application_role_owns_a_table(admin: Connection) -> None:
     assert_clean(admin)
 
 
+def test_tf011_application_login_owns_a_large_object(db: Database, admin: Connection) -> None:
+    """Issue 14: lo_from_bytea is executable by PUBLIC; a large object the application login
+    makes is shared by every tenant on it and survives DISCARD ALL."""
+    app = db.app()
+    (oid,) = app.execute("SELECT lo_from_bytea(0, 'left for the next tenant')").fetchone()
+    app.execute("DISCARD ALL")
+    finding = flagged(admin, "TF011", f"role:{db.app_login}")
+    assert f"large object {oid}" in finding["detail"]
+    app.execute("SELECT lo_unlink(%s)", [oid])
+    assert_clean(admin)
+
+
 def test_tf011_application_role_with_bypassrls(admin: Connection) -> None:
     try:
         admin.execute("ALTER ROLE tracefence_app BYPASSRLS")

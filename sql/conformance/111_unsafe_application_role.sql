@@ -1,6 +1,6 @@
 -- TF011: the application role, and every login that is a member of it, is not a superuser,
--- has no BYPASSRLS, owns nothing in this database, and cannot SET ROLE into a role that is or
--- does any of these.
+-- has no BYPASSRLS, owns nothing in this database (large objects included), and cannot SET ROLE
+-- into a role that is or does any of these.
 CREATE OR REPLACE VIEW conformance.check_unsafe_application_role AS
 WITH owned AS (
     SELECT
@@ -35,6 +35,13 @@ WITH owned AS (
         'database ' || pg_catalog.quote_ident(d.datname) AS name
     FROM pg_catalog.pg_database AS d
     WHERE d.datname = pg_catalog.current_database()
+    UNION ALL
+    -- lo_from_bytea and friends are executable by PUBLIC: a large object the application
+    -- login makes is shared by every tenant that uses the login, and DISCARD ALL keeps it.
+    SELECT
+        m.lomowner AS owner,
+        'large object ' || m.oid::text AS name
+    FROM pg_catalog.pg_largeobject_metadata AS m
 ),
 
 unsafe (oid, problem) AS (
