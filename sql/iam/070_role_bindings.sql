@@ -89,7 +89,11 @@ BEGIN
     END IF;
     PERFORM iam.require_permission(resource, 'members:write');
     -- FOR SHARE: a concurrent delete_project waits for this grant and then records it.
-    SELECT r.* INTO STRICT resource_row FROM tenancy.resources AS r WHERE r.id = resource FOR SHARE;
+    SELECT r.* INTO resource_row FROM tenancy.resources AS r WHERE r.id = resource FOR SHARE;
+    IF NOT FOUND THEN
+        -- Deleted while this call waited for it: refused as a resource that does not exist.
+        PERFORM iam.require_permission(resource, 'members:write');
+    END IF;
     IF resource_row.tier <> role_tier THEN
         RAISE EXCEPTION USING
             ERRCODE = '22023',

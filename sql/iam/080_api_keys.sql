@@ -80,6 +80,10 @@ BEGIN
     END IF;
     actor := iam.require_key_authority(resource, clean_scopes);
     PERFORM FROM tenancy.resources AS r WHERE r.id = resource FOR SHARE;
+    IF NOT FOUND THEN
+        -- Deleted while this call waited for it: refused as a resource that does not exist.
+        PERFORM iam.require_key_authority(resource, clean_scopes);
+    END IF;
     key_id := gen_random_uuid();
     -- 244 random bits from two v4 UUIDs; tfk_ tells begin_request it is a key.
     secret := 'tfk_' || encode(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()), 'hex');
@@ -114,19 +118,24 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     found_key iam.api_keys;
+    allowed boolean;
 BEGIN
     PERFORM iam.require_request();
     SELECT k.* INTO found_key FROM iam.api_keys AS k WHERE k.id = key_id;
-    -- Missing, or not the caller's to manage: one error naming only the id it passed.
-    IF found_key.id IS NULL
-        OR NOT 'api-keys:write' = ANY(iam.request_permissions(found_key.resource_id))
-    THEN
+    allowed := found_key.id IS NOT NULL
+        AND 'api-keys:write' = ANY(iam.request_permissions(found_key.resource_id));
+    IF allowed THEN
+        -- Locked only once the caller may manage it (no tenant locks another's key), then read
+        -- again: a key deleted while this call waited (its project went) is gone.
+        SELECT k.* INTO found_key FROM iam.api_keys AS k WHERE k.id = key_id FOR UPDATE;
+    END IF;
+    -- Missing, gone, or not the caller's to manage: one error naming only the id it passed.
+    IF NOT allowed OR found_key.id IS NULL THEN
         RAISE EXCEPTION USING
             ERRCODE = '42501',
             MESSAGE = format('permission api-keys:write is required for API key %s', key_id),
             DETAIL = 'missing permission: api-keys:write';
     END IF;
-    SELECT k.* INTO found_key FROM iam.api_keys AS k WHERE k.id = key_id FOR UPDATE;
     PERFORM iam.require_key_authority(found_key.resource_id, scopes);
     RETURN found_key.resource_id;
 END

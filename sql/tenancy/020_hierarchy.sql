@@ -213,6 +213,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     env tenancy.environments;
+    allowed boolean;
     scope tenancy.resources;
     event audit.events;
 BEGIN
@@ -220,15 +221,20 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'is_production must be true or false';
     END IF;
     SELECT e.* INTO env FROM tenancy.environments AS e WHERE e.id = environment;
-    -- Missing, or not the caller's: one error naming only the id it passed.
-    IF env.id IS NULL OR NOT 'environments:write' = ANY(iam.request_permissions(env.project_id)) THEN
+    allowed := env.id IS NOT NULL AND 'environments:write' = ANY(iam.request_permissions(env.project_id));
+    IF allowed THEN
+        -- Locked only once the caller may change it, then read again: an environment deleted
+        -- while this call waited (its project went) is gone.
+        SELECT e.* INTO env FROM tenancy.environments AS e WHERE e.id = environment FOR UPDATE;
+    END IF;
+    -- Missing, gone, or not the caller's: one error naming only the id it passed.
+    IF NOT allowed OR env.id IS NULL THEN
         PERFORM iam.require_request();
         RAISE EXCEPTION USING
             ERRCODE = '42501',
             MESSAGE = format('permission environments:write is required for environment %s', environment),
             DETAIL = 'missing permission: environments:write';
     END IF;
-    SELECT e.* INTO env FROM tenancy.environments AS e WHERE e.id = environment FOR UPDATE;
     IF env.is_production = set_environment_production.is_production THEN
         RETURN NULL;
     END IF;
