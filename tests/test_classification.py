@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import pytest
 
@@ -117,3 +119,39 @@ def test_scope_of_a_captured_trace_cannot_be_updated_even_by_the_owner(
         )
     assert raised.value.sqlstate == "23514"
     assert db.scalar("SELECT project_id FROM telemetry.traces WHERE id = %s", [trace]) == first.id
+
+
+def test_a_writer_that_may_not_read_production_learns_nothing_from_naming_a_class(
+    db: Database, org: Org
+) -> None:
+    """Issue 14: 23514 came exactly when the trace or environment named was production, which
+    told a key that cannot read production traces which ones are. Only a writer that may read
+    the class hears of the contradiction; any other has its row classified from the trace or
+    environment, whatever it named."""
+    p = org.projects[0]
+    hidden = db.insert_trace(p.id, p.production)
+    with db.fence().request(user=org.owner) as conn:
+        blind = api.create_api_key(conn, "blind", p.id, ["traces:write", "traces:read"]).secret
+        sighted = api.create_api_key(conn, "sighted", p.id, ["traces:write", "traces:read:prod"]).secret
+    span, trace = uuid.uuid4(), uuid.uuid4()  # no RETURNING: that needs read access to the row
+    with db.fence().request(api_key=blind) as conn:
+        conn.execute(
+            "INSERT INTO telemetry.spans (id, trace_id, name, is_production) VALUES (%s, %s, 'db', false)",
+            [span, hidden],
+        )
+        conn.execute(
+            "INSERT INTO telemetry.traces (id, project_id, environment_id, name, is_production)"
+            " VALUES (%s, %s, %s, 'sneaky', false)", [trace, p.id, p.production],
+        )
+    assert db.scalar("SELECT is_production FROM telemetry.spans WHERE id = %s", [span]) is True
+    assert db.scalar("SELECT is_production FROM telemetry.traces WHERE id = %s", [trace]) is True
+    before = db.snapshot()
+    for statement, params in (
+        ("INSERT INTO telemetry.spans (trace_id, name, is_production) VALUES (%s, 'db', false)", [hidden]),
+        ("INSERT INTO telemetry.traces (project_id, environment_id, name, is_production)"
+         " VALUES (%s, %s, 'sneaky', false)", [p.id, p.production]),
+    ):
+        with pytest.raises(ConstraintViolation) as raised, db.fence().request(api_key=sighted) as conn:
+            conn.execute(statement, params)
+        assert raised.value.sqlstate == "23514"
+    assert db.snapshot() == before

@@ -7,7 +7,11 @@
 -- tell a writer anything about rows it may not write: a missing environment or trace and one
 -- in another tenant's project produce the same outcome (the fence's 42501, or a foreign-key
 -- error after it). A contradiction is reported as such (23514) only to a writer of the
--- project, or to the package owner; the permission is looked up only on that error path.
+-- project who may also read the class it contradicts (traces:read, or traces:read:prod for
+-- production), or to the package owner: to a writer who may not, "your is_production is
+-- wrong" would say that the environment or trace is production. Its row is classified from
+-- the environment or trace instead, silently, whatever it named. The permissions are looked
+-- up only on that path.
 
 -- May whoever is inserting write traces of `project`? The owner and superusers may; a request
 -- may where it holds traces:write.
@@ -19,6 +23,17 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_has_role(session_user, 'tracefence_owner', 'MEMBER')
         OR project = ANY(iam.permitted_projects('traces:write'))
+$$;
+
+-- May whoever is inserting read rows of this class in `project`? (See above.)
+CREATE OR REPLACE FUNCTION telemetry.may_see_classification(project uuid, production boolean)
+RETURNS boolean
+LANGUAGE sql
+STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_has_role(session_user, 'tracefence_owner', 'MEMBER')
+        OR project = ANY(iam.permitted_projects(CASE WHEN production THEN 'traces:read:prod' ELSE 'traces:read' END))
 $$;
 
 CREATE OR REPLACE FUNCTION telemetry.classify_trace()
@@ -43,30 +58,30 @@ BEGIN
         NEW.is_production := coalesce(NEW.is_production, false);
         RETURN NEW;
     END IF;
-    IF (NEW.is_production IS NOT NULL AND NEW.is_production IS DISTINCT FROM place.is_production)
-        OR (NEW.organisation_id IS NOT NULL AND NEW.organisation_id IS DISTINCT FROM place.organisation_id)
-        OR (NEW.workspace_id IS NOT NULL AND NEW.workspace_id IS DISTINCT FROM place.workspace_id)
+    IF NEW.is_production IS NOT NULL AND NEW.is_production IS DISTINCT FROM place.is_production
+        AND telemetry.may_report_on(NEW.project_id)
+        AND telemetry.may_see_classification(NEW.project_id, place.is_production)
     THEN
-        IF telemetry.may_report_on(NEW.project_id) THEN
-            IF NEW.is_production IS DISTINCT FROM place.is_production AND NEW.is_production IS NOT NULL THEN
-                RAISE EXCEPTION USING
-                    ERRCODE = '23514',
-                    MESSAGE = format(
-                        'is_production = %s contradicts environment %s, whose is_production is %s',
-                        NEW.is_production, NEW.environment_id, place.is_production
-                    ),
-                    HINT = 'omit is_production: the database classifies traces at capture time';
-            END IF;
-            RAISE EXCEPTION USING
-                ERRCODE = '23514',
-                MESSAGE = format(
-                    'organisation_id and workspace_id contradict project %s', NEW.project_id
-                ),
-                HINT = 'omit organisation_id and workspace_id: the database stamps them from the project';
-        END IF;
+        RAISE EXCEPTION USING
+            ERRCODE = '23514',
+            MESSAGE = format(
+                'is_production = %s contradicts environment %s, whose is_production is %s',
+                NEW.is_production, NEW.environment_id, place.is_production
+            ),
+            HINT = 'omit is_production: the database classifies traces at capture time';
     END IF;
-    -- Stamped from the project whatever the row named: the fence checks the real tier path.
-    NEW.is_production := coalesce(NEW.is_production, place.is_production);
+    IF ((NEW.organisation_id IS NOT NULL AND NEW.organisation_id IS DISTINCT FROM place.organisation_id)
+        OR (NEW.workspace_id IS NOT NULL AND NEW.workspace_id IS DISTINCT FROM place.workspace_id))
+        AND telemetry.may_report_on(NEW.project_id)
+    THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '23514',
+            MESSAGE = format('organisation_id and workspace_id contradict project %s', NEW.project_id),
+            HINT = 'omit organisation_id and workspace_id: the database stamps them from the project';
+    END IF;
+    -- Stamped from the environment and the project whatever the row named: the fence checks
+    -- the real tier path.
+    NEW.is_production := place.is_production;
     NEW.organisation_id := place.organisation_id;
     NEW.workspace_id := place.workspace_id;
     RETURN NEW;
@@ -130,21 +145,24 @@ BEGIN
     IF candidates = 0 THEN
         RETURN telemetry.unplaceable_span(NEW);
     END IF;
-    IF (NEW.environment_id IS NOT NULL AND NEW.environment_id IS DISTINCT FROM trace.environment_id)
-        OR (NEW.is_production IS NOT NULL AND NEW.is_production IS DISTINCT FROM trace.is_production)
-        OR (NEW.organisation_id IS NOT NULL AND NEW.organisation_id IS DISTINCT FROM trace.organisation_id)
-        OR (NEW.workspace_id IS NOT NULL AND NEW.workspace_id IS DISTINCT FROM trace.workspace_id)
+    -- The trace's class (its environment and is_production) only to who may read that class;
+    -- its tier path to any writer of its project.
+    IF (((NEW.environment_id IS NOT NULL AND NEW.environment_id IS DISTINCT FROM trace.environment_id)
+            OR (NEW.is_production IS NOT NULL AND NEW.is_production IS DISTINCT FROM trace.is_production))
+            AND telemetry.may_report_on(trace.project_id)
+            AND telemetry.may_see_classification(trace.project_id, trace.is_production))
+        OR (((NEW.organisation_id IS NOT NULL AND NEW.organisation_id IS DISTINCT FROM trace.organisation_id)
+            OR (NEW.workspace_id IS NOT NULL AND NEW.workspace_id IS DISTINCT FROM trace.workspace_id))
+            AND telemetry.may_report_on(trace.project_id))
     THEN
-        IF telemetry.may_report_on(trace.project_id) THEN
-            RAISE EXCEPTION USING
-                ERRCODE = '23514',
-                MESSAGE = format(
-                    'span contradicts trace %s: its tier path, environment and is_production come '
-                    || 'from the trace',
-                    NEW.trace_id
-                ),
-                HINT = 'omit organisation_id, workspace_id, environment_id and is_production on spans';
-        END IF;
+        RAISE EXCEPTION USING
+            ERRCODE = '23514',
+            MESSAGE = format(
+                'span contradicts trace %s: its tier path, environment and is_production come '
+                || 'from the trace',
+                NEW.trace_id
+            ),
+            HINT = 'omit organisation_id, workspace_id, environment_id and is_production on spans';
     END IF;
     NEW.organisation_id := trace.organisation_id;
     NEW.workspace_id := trace.workspace_id;
@@ -185,6 +203,7 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION telemetry.may_report_on(uuid) FROM public;
+REVOKE ALL ON FUNCTION telemetry.may_see_classification(uuid, boolean) FROM public;
 REVOKE ALL ON FUNCTION telemetry.unplaceable_span(telemetry.spans) FROM public;
 REVOKE ALL ON FUNCTION telemetry.classify_trace() FROM public;
 REVOKE ALL ON FUNCTION telemetry.stamp_span() FROM public;
