@@ -13,27 +13,26 @@
 -- the environment or trace instead, silently, whatever it named. The permissions are looked
 -- up only on that path.
 
--- May whoever is inserting write traces of `project`? The owner and superusers may; a request
--- may where it holds traces:write.
-CREATE OR REPLACE FUNCTION telemetry.may_report_on(project uuid)
+-- May whoever is inserting act with `permission` in `project`? The owner and superusers may;
+-- a request may where it holds the permission.
+CREATE OR REPLACE FUNCTION telemetry.inserter_holds(project uuid, permission text)
 RETURNS boolean
 LANGUAGE sql
 STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_has_role(session_user, 'tracefence_owner', 'MEMBER')
-        OR project = ANY(iam.permitted_projects('traces:write'))
+        OR project = ANY(iam.permitted_projects(permission))
 $$;
 
--- May whoever is inserting read rows of this class in `project`? (See above.)
-CREATE OR REPLACE FUNCTION telemetry.may_see_classification(project uuid, production boolean)
-RETURNS boolean
+-- The permission that reads rows of a class.
+CREATE OR REPLACE FUNCTION telemetry.read_permission(production boolean)
+RETURNS text
 LANGUAGE sql
-STABLE SECURITY DEFINER
+IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT pg_has_role(session_user, 'tracefence_owner', 'MEMBER')
-        OR project = ANY(iam.permitted_projects(CASE WHEN production THEN 'traces:read:prod' ELSE 'traces:read' END))
+    SELECT CASE WHEN production THEN 'traces:read:prod' ELSE 'traces:read' END
 $$;
 
 CREATE OR REPLACE FUNCTION telemetry.classify_trace()
@@ -59,8 +58,8 @@ BEGIN
         RETURN NEW;
     END IF;
     IF NEW.is_production IS NOT NULL AND NEW.is_production IS DISTINCT FROM place.is_production
-        AND telemetry.may_report_on(NEW.project_id)
-        AND telemetry.may_see_classification(NEW.project_id, place.is_production)
+        AND telemetry.inserter_holds(NEW.project_id, 'traces:write')
+        AND telemetry.inserter_holds(NEW.project_id, telemetry.read_permission(place.is_production))
     THEN
         RAISE EXCEPTION USING
             ERRCODE = '23514',
@@ -72,7 +71,7 @@ BEGIN
     END IF;
     IF ((NEW.organisation_id IS NOT NULL AND NEW.organisation_id IS DISTINCT FROM place.organisation_id)
         OR (NEW.workspace_id IS NOT NULL AND NEW.workspace_id IS DISTINCT FROM place.workspace_id))
-        AND telemetry.may_report_on(NEW.project_id)
+        AND telemetry.inserter_holds(NEW.project_id, 'traces:write')
     THEN
         RAISE EXCEPTION USING
             ERRCODE = '23514',
@@ -132,8 +131,8 @@ BEGIN
         candidates := candidates + 1;
         IF candidates = 1 THEN
             trace := candidate;
-        ELSIF telemetry.may_report_on(candidate.project_id) THEN
-            IF telemetry.may_report_on(trace.project_id) AND trace.project_id <> candidate.project_id THEN
+        ELSIF telemetry.inserter_holds(candidate.project_id, 'traces:write') THEN
+            IF telemetry.inserter_holds(trace.project_id, 'traces:write') AND trace.project_id <> candidate.project_id THEN
                 RAISE EXCEPTION USING
                     ERRCODE = '22023',
                     MESSAGE = format('trace %s is in more than one of your projects', NEW.trace_id),
@@ -149,11 +148,11 @@ BEGIN
     -- its tier path to any writer of its project.
     IF (((NEW.environment_id IS NOT NULL AND NEW.environment_id IS DISTINCT FROM trace.environment_id)
             OR (NEW.is_production IS NOT NULL AND NEW.is_production IS DISTINCT FROM trace.is_production))
-            AND telemetry.may_report_on(trace.project_id)
-            AND telemetry.may_see_classification(trace.project_id, trace.is_production))
+            AND telemetry.inserter_holds(trace.project_id, 'traces:write')
+            AND telemetry.inserter_holds(trace.project_id, telemetry.read_permission(trace.is_production)))
         OR (((NEW.organisation_id IS NOT NULL AND NEW.organisation_id IS DISTINCT FROM trace.organisation_id)
             OR (NEW.workspace_id IS NOT NULL AND NEW.workspace_id IS DISTINCT FROM trace.workspace_id))
-            AND telemetry.may_report_on(trace.project_id))
+            AND telemetry.inserter_holds(trace.project_id, 'traces:write'))
     THEN
         RAISE EXCEPTION USING
             ERRCODE = '23514',
@@ -202,8 +201,8 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION telemetry.may_report_on(uuid) FROM public;
-REVOKE ALL ON FUNCTION telemetry.may_see_classification(uuid, boolean) FROM public;
+REVOKE ALL ON FUNCTION telemetry.inserter_holds(uuid, text) FROM public;
+REVOKE ALL ON FUNCTION telemetry.read_permission(boolean) FROM public;
 REVOKE ALL ON FUNCTION telemetry.unplaceable_span(telemetry.spans) FROM public;
 REVOKE ALL ON FUNCTION telemetry.classify_trace() FROM public;
 REVOKE ALL ON FUNCTION telemetry.stamp_span() FROM public;
