@@ -198,3 +198,17 @@ def test_an_environment_is_answered_as_its_project_never_with_a_silent_empty_set
         assert api.effective_permissions(conn, org.owner, other.projects[0].staging) == frozenset()
     with pytest.raises(PermissionDenied), db.fence().request(user=org.owner) as conn:
         api.effective_permissions(conn, other.owner, other.projects[0].staging)
+
+
+def test_organisation_names_are_public_by_design_and_nothing_below_them_is(db: Database, org: Org) -> None:
+    """Issue 14 asked for a decision (docs/reference.md, "Resources"): an organisation slug is
+    one global name, so its taken-ness is public; a workspace or project slug is answered only
+    to who may create there."""
+    slug = db.scalar("SELECT slug FROM tenancy.organisations WHERE id = %s", [org.id])
+    stranger = db.create_user("stranger")
+    with pytest.raises(ConstraintViolation) as raised, db.fence().request(user=stranger) as conn:
+        api.create_organisation(conn, slug, "Copycat")
+    assert str(raised.value) == f"organisation slug {slug} is taken" and str(org.id) not in str(raised.value)
+    taken = db.scalar("SELECT slug FROM tenancy.workspaces WHERE organisation_id = %s LIMIT 1", [org.id])
+    with pytest.raises(PermissionDenied), db.fence().request(user=stranger) as conn:
+        api.create_workspace(conn, org.id, taken, "Again")
