@@ -55,9 +55,12 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in match.group(0).split(".")) if match else (0,)
 
 
+def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [table]).fetchone() == (True,)
+
+
 def _schema_version(conn: psycopg.Connection[Any]) -> str | None:
-    exists = conn.execute("SELECT to_regclass('conformance.installed_package') IS NOT NULL").fetchone()
-    if not exists or not exists[0]:
+    if not _exists(conn, "conformance.installed_package"):
         return None
     row = conn.execute("SELECT version FROM conformance.installed_package").fetchone()
     return row[0] if row else None
@@ -68,7 +71,7 @@ def _refuse_newer_schema(conninfo: str, known: set[str]) -> None:
     migration this package does not have, or recorded a later version."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
         unknown: list[str] = []
-        if conn.execute(f"SELECT to_regclass('{MIGRATION_TABLE}') IS NOT NULL").fetchone() == (True,):
+        if _exists(conn, MIGRATION_TABLE):
             applied = conn.execute(f"SELECT migration_id FROM {MIGRATION_TABLE}").fetchall()
             unknown = sorted(row[0] for row in applied if row[0] not in known)
         recorded = _schema_version(conn)
@@ -86,7 +89,7 @@ def _record_version(conn: psycopg.Connection[Any]) -> None:
     """Record this package's version as the one that migrated the database (no write when it
     already is). A schema from before migration 0011 (tests install old releases) has no
     record to keep."""
-    if conn.execute("SELECT to_regclass('conformance.installed_package') IS NULL").fetchone() == (True,):
+    if not _exists(conn, "conformance.installed_package"):
         return
     conn.execute(
         "INSERT INTO conformance.installed_package (version) VALUES (%s) ON CONFLICT (singleton)"
@@ -101,8 +104,7 @@ def _digest(text: str) -> str:
 
 
 def _installed_sql(conn: psycopg.Connection[Any]) -> dict[str, str]:
-    exists = conn.execute("SELECT to_regclass('conformance.installed_sql') IS NOT NULL").fetchone()
-    if not exists or not exists[0]:
+    if not _exists(conn, "conformance.installed_sql"):
         return {}
     rows = conn.execute("SELECT path, sha256 FROM conformance.installed_sql").fetchall()
     return {path: digest for path, digest in rows}
@@ -256,10 +258,6 @@ def _tables_holding_rows(conn: psycopg.Connection[Any]) -> set[str]:
             holding.add(table)
     conn.execute("SELECT set_config('row_security', %s, true)", [previous])
     return holding
-
-
-def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [table]).fetchone() == (True,)
 
 
 def rollback(conninfo: str, count: int = 1, *, drop_data: bool = False) -> list[str]:
